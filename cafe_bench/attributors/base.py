@@ -1,0 +1,77 @@
+"""The attributor contract: ``attribute(target) -> scores (B, gh, gw)``."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass, is_dataclass
+from typing import ClassVar
+
+import torch
+
+from cafe_bench.errors import CafeBenchError
+
+
+class AttributorError(CafeBenchError):
+    """An attributor raised or returned scores that break the contract."""
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Passes one unit costs: forward passes and backward passes through the model up to block L."""
+
+    forward: int = 1
+    backward: int = 0
+
+
+class Attributor(abc.ABC):
+    """Base class of every attribution method.
+
+    Subclass it, set the class attributes, and implement :meth:`attribute` using only the public
+    ``Target`` surface (``images``, ``baseline``, ``grid``, ``patch_size``, ``clean``, ``forward``; also
+    ``activations``, ``feature_map``, ``pool`` and ``seeds``). Configuration goes into ``__init__``
+    keyword arguments with defaults; :meth:`params` records them in every result.
+    """
+
+    name: ClassVar[str] = ""
+    """Registry name, set by ``register_attributor``."""
+    needs_grad: ClassVar[bool] = False
+    """Whether the method backpropagates through the model."""
+    deterministic: ClassVar[bool] = True
+    """False if scores depend on randomness (then they must depend only on ``target.seeds``)."""
+
+    def cost(self) -> Cost:
+        """Passes per unit (default: one forward)."""
+        return Cost()
+
+    def params(self) -> dict:
+        """The method's configuration, recorded with its results (default: public instance attributes)."""
+        if is_dataclass(self):
+            return asdict(self)
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    @abc.abstractmethod
+    def attribute(self, target) -> torch.Tensor:
+        """Patch scores (B, gh, gw), or pixel relevance (B, 3, H, W) / (B, H, W) that the framework pools
+        to patches by summing inside each patch. Higher means more responsible for z_k."""
+
+    def scores(self, target) -> torch.Tensor:
+        """:meth:`attribute`, pooled to patches and checked: finite float (B, gh, gw) on the target's device."""
+        try:
+            raw = self.attribute(target)
+        except CafeBenchError:
+            raise
+        except Exception as exc:  # a method's own bug is reported with its name, not as a crash of the run
+            raise AttributorError(f"attributor {self.name!r} raised {type(exc).__name__}: {exc}") from exc
+        if not isinstance(raw, torch.Tensor):
+            raise AttributorError(f"attributor {self.name!r} returned {type(raw).__name__}, expected a Tensor")
+        try:
+            scores = target.pool(raw.detach())
+        except ValueError as exc:
+            raise AttributorError(f"attributor {self.name!r}: {exc}") from exc
+        if scores.shape[0] != len(target):
+            raise AttributorError(f"attributor {self.name!r} returned {scores.shape[0]} maps for {len(target)} units")
+        if not scores.is_floating_point():
+            raise AttributorError(f"attributor {self.name!r} returned dtype {scores.dtype}, expected floating point")
+        if not torch.isfinite(scores).all():
+            raise AttributorError(f"attributor {self.name!r} returned non-finite scores")
+        return scores.to(device=target.device, dtype=torch.float32)

@@ -1,0 +1,93 @@
+"""The attributor registry: built-ins by decorator (imported lazily), third parties by entry point.
+
+A third-party package declares ``[project.entry-points."cafe_bench.attributors"] my_method =
+"my_pkg.mod:MyAttributor"``; after ``pip install`` the name is listed and runnable.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+from importlib.metadata import entry_points
+
+from cafe_bench.errors import UnknownNameError
+
+ENTRY_POINT_GROUP = "cafe_bench.attributors"
+
+_BUILTIN_MODULES = {
+    "activation": "cafe_bench.attributors.basic",
+    "random": "cafe_bench.attributors.basic",
+    "gradient": "cafe_bench.attributors.gradient",
+    "grad_x_input": "cafe_bench.attributors.gradient",
+}
+"""Built-in name -> module that registers it; imported on first use so ``import cafe_bench`` stays cheap."""
+
+_REGISTRY: dict[str, type] = {}
+_SOURCES: dict[str, str] = {}
+
+
+def register_attributor(name: str):
+    """Class decorator: register an ``Attributor`` subclass under ``name``.
+
+    >>> @register_attributor("my_method")          # doctest: +SKIP
+    ... class MyMethod(Attributor): ...
+    """
+
+    def wrap(cls):
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"attributor name {name!r} is already registered by {_SOURCES[name]}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        _SOURCES[name] = f"{cls.__module__}:{cls.__qualname__}"
+        return cls
+
+    return wrap
+
+
+def _entry_points() -> dict:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _all_names() -> list[str]:
+    return sorted(set(_BUILTIN_MODULES) | set(_REGISTRY) | set(_entry_points()))
+
+
+def list_attributors(pattern: str = "*") -> list[str]:
+    """Names of all registered attributors matching a shell-style ``pattern`` (default all), sorted.
+
+    >>> "gradient" in list_attributors("*grad*")
+    True
+    """
+    return [n for n in _all_names() if fnmatch.fnmatchcase(n, pattern)]
+
+
+def attributor_class(name: str) -> type:
+    """The class registered as ``name``; raises UnknownNameError listing the valid names."""
+    if name not in _REGISTRY:
+        if name in _BUILTIN_MODULES:
+            importlib.import_module(_BUILTIN_MODULES[name])
+        else:
+            eps = _entry_points()
+            if name in eps:
+                cls = eps[name].load()
+                register_attributor(name)(cls)
+                dist = eps[name].dist
+                _SOURCES[name] = f"{dist.name} {dist.version}" if dist is not None else eps[name].value
+    if name not in _REGISTRY:
+        names = _all_names()
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UnknownNameError(f"unknown method {name!r}{hint}; valid: {', '.join(names)}")
+    return _REGISTRY[name]
+
+
+def get_attributor(name: str, **params):
+    """An instance of attributor ``name`` configured with ``params`` (defaults otherwise)."""
+    return attributor_class(name)(**params)
+
+
+def attributor_source(name: str) -> str:
+    """Where ``name`` comes from: ``module:Class`` for built-ins, ``distribution version`` for plugins."""
+    attributor_class(name)
+    return _SOURCES[name]

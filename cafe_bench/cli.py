@@ -1,0 +1,103 @@
+"""The ``cafe-bench`` command: parse, call the Python API, render. Errors a user can cause exit with 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from cafe_bench.errors import CafeBenchError
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _layers(value: str) -> list[int]:
+    try:
+        return [int(v) for v in _csv(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"layers must be comma-separated integers, got {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cafe-bench",
+        description="Causal insertion/deletion benchmarks for attribution methods that explain SAE features "
+                    "of vision transformers.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="run methods x protocols on a suite and print the leaderboard",
+                         description="Attribute each unit's SAE feature activation to patches with every method, "
+                                     "run insertion/deletion curves, store per-unit records and print mean AUC "
+                                     "with 95%% clustered bootstrap CIs per method x layer.")
+    run.add_argument("--suite", default="tiny", help="built-in suite name or suite directory (default: tiny)")
+    run.add_argument("--methods", type=_csv, default=None,
+                     help="comma-separated attributors (default: activation,random,gradient,grad_x_input; "
+                          "see `cafe-bench methods`)")
+    run.add_argument("--protocols", type=_csv, default=None, help="insertion,deletion (default: both)")
+    run.add_argument("--layers", type=_layers, default=None, help="comma-separated SAE layers (default: all)")
+    run.add_argument("--baseline", default=None, help="blur (default), mean or zero")
+    run.add_argument("--steps", type=int, default=None, help="curve steps S (default: the suite's, 16 for tiny)")
+    run.add_argument("--seed", type=int, default=0, help="run seed (default: 0)")
+    run.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    run.add_argument("--out", default=None, help="directory for results.jsonl and run.json (default: none, "
+                                                 "results are only printed)")
+    run.add_argument("--resume", action="store_true", help="continue the run stored in --out, skipping finished work")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sub.add_parser("methods", help="list registered attribution methods with their source")
+    sub.add_parser("suites", help="list built-in suites")
+    return parser
+
+
+def _cmd_run(args) -> int:
+    from cafe_bench.leaderboard import render_markdown, summarize
+    from cafe_bench.runner import run
+
+    records = run(suite=args.suite, methods=args.methods, protocols=args.protocols, layers=args.layers,
+                  baseline=args.baseline, steps=args.steps, seed=args.seed, device=args.device, out=args.out,
+                  resume=args.resume, progress=not args.no_progress)
+    print(render_markdown(summarize(records, seed=args.seed)))
+    failed = records[records["status"].str.startswith("failed")]
+    if len(failed):
+        print(f"{len(failed)} records failed; see their status in {args.out or 'the records'}", file=sys.stderr)
+    if args.out:
+        print(f"results: {args.out}/results.jsonl, provenance: {args.out}/run.json", file=sys.stderr)
+    return 0
+
+
+def _cmd_methods(_args) -> int:
+    from cafe_bench.attributors.registry import attributor_class, attributor_source, list_attributors
+
+    for name in list_attributors():
+        cls = attributor_class(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name:<22} {attributor_source(name):<50} {doc}")
+    return 0
+
+
+def _cmd_suites(_args) -> int:
+    from cafe_bench.suites import list_suites
+
+    print("\n".join(list_suites()))
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of ``cafe-bench``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handlers = {"run": _cmd_run, "methods": _cmd_methods, "suites": _cmd_suites}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            return handlers[args.command](args)
+    except CafeBenchError as exc:
+        print(f"cafe-bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

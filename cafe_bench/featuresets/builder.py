@@ -1,0 +1,104 @@
+"""The deterministic feature-set builder and the frozen, checksummed feature-set file.
+
+Rules (all recorded in the file): draw a pool of held-out scenes; per layer, call a feature alive when it
+fires on at least ``min_images`` pool images and on at least ``min_token_frequency`` of pool tokens; draw
+``n_features`` alive features with a seeded generator; for each, take the ``n_images`` pool images where
+it peaks highest (ties: lower image id) and, as token, the patch of its peak in that image (ties: lower
+patch index, row-major).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cafe_bench.errors import ChecksumError
+from cafe_bench.scenes import make_images
+
+UNIT_FIELDS = ("layer", "feature", "image_id", "token")
+
+
+@dataclass(frozen=True)
+class FeatureSetRules:
+    """Parameters of the builder."""
+
+    n_pool: int = 256
+    """Held-out scenes searched for top-activating images."""
+    n_features: int = 8
+    """Features drawn per layer."""
+    n_images: int = 4
+    """Top-activating images per feature."""
+    min_images: int = 8
+    """A feature must fire on at least this many pool images to be alive."""
+    min_token_frequency: float = 1e-3
+    """... and on at least this share of pool tokens."""
+    seed: int = 0
+    """Seed of the feature draw."""
+
+
+def units_sha256(units: list[dict]) -> str:
+    """SHA-256 of the canonical JSON of a unit list (field order fixed)."""
+    canon = json.dumps([[int(u[f]) for f in UNIT_FIELDS] for u in units], separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+@torch.no_grad()
+def pool_codes(backbone, saes: dict, images: torch.Tensor, batch_size: int = 64) -> dict[int, torch.Tensor]:
+    """SAE codes of every patch token: {layer: (N, P, m)}."""
+    out = {layer: [] for layer in saes}
+    for start in range(0, len(images), batch_size):
+        res = backbone.residuals(images[start : start + batch_size], list(saes))
+        for layer, sae in saes.items():
+            out[layer].append(sae.encode(res[layer][:, backbone.n_prefix_tokens :]))
+    return {layer: torch.cat(chunks) for layer, chunks in out.items()}
+
+
+def build_feature_set(backbone, saes: dict, scene_seed: int, rules: FeatureSetRules = FeatureSetRules(),
+                      progress: bool = True) -> dict:
+    """Apply the rules; returns the feature-set document (rules, per-layer stats, units, checksum)."""
+    images = torch.from_numpy(make_images(scene_seed, range(rules.n_pool)))
+    codes = pool_codes(backbone, saes, images)
+    units, stats = [], {}
+    for layer in tqdm(sorted(saes), desc="feature set", disable=not progress, leave=False):
+        z = codes[layer]  # (N, P, m)
+        fires = z > 0
+        per_image_max = z.amax(dim=1)  # (N, m)
+        n_images_firing = (per_image_max > 0).sum(0)
+        token_freq = fires.float().mean(dim=(0, 1))
+        alive = ((n_images_firing >= rules.min_images) & (token_freq >= rules.min_token_frequency)).nonzero()
+        alive = alive.flatten().tolist()
+        stats[str(layer)] = {"n_features": int(z.shape[-1]), "n_alive": len(alive)}
+        rng = np.random.default_rng([rules.seed, layer])
+        chosen = sorted(rng.choice(alive, size=min(rules.n_features, len(alive)), replace=False).tolist())
+        for feature in chosen:
+            peaks = per_image_max[:, feature].numpy()
+            order = sorted(range(len(peaks)), key=lambda i: (-peaks[i], i))[: rules.n_images]
+            for image_id in sorted(order):
+                token = int(torch.argmax(z[image_id, :, feature]))  # first maximum = lowest index
+                units.append({"layer": int(layer), "feature": int(feature), "image_id": int(image_id),
+                              "token": token})
+    return {"rules": asdict(rules), "scene_seed": scene_seed, "layers": stats, "units": units,
+            "units_sha256": units_sha256(units)}
+
+
+def write_feature_set(path: Path, doc: dict) -> None:
+    """Write the feature-set document (atomic)."""
+    from cafe_bench.suites.manifest import write_json_atomic
+
+    write_json_atomic(path, doc)
+
+
+def read_feature_set(path: Path) -> dict:
+    """Read a feature-set file and check its internal units checksum."""
+    doc = json.loads(Path(path).read_text())
+    actual = units_sha256(doc["units"])
+    if actual != doc.get("units_sha256"):
+        raise ChecksumError(f"{path}: feature-set units do not match their checksum (got {actual[:12]}…); "
+                            "the file was edited: rebuild it with the builder")
+    return doc

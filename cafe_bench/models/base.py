@@ -1,0 +1,41 @@
+"""The backbone adapter: the only surface the rest of cafe_bench sees of a ViT."""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module, abc.ABC):
+    """A ViT seen as: pixels in [0, 1] -> residual stream after chosen blocks.
+
+    Subclasses wrap one library's ViT (open_clip, timm, ...). Images are (B, 3, H, W) in [0, 1]; the
+    adapter applies the model's own input normalisation, so perturbations and baselines live in pixel space.
+    """
+
+    patch_size: int
+    """Side of a square patch in pixels."""
+    grid: tuple[int, int]
+    """(gh, gw): patches per column and per row."""
+    n_blocks: int
+    """Number of transformer blocks."""
+    width: int
+    """Residual stream dimension d."""
+    n_prefix_tokens: int
+    """Tokens before the patch tokens (CLS and friends); patch p sits at position n_prefix_tokens + p."""
+
+    @property
+    def n_patches(self) -> int:
+        """gh * gw."""
+        return self.grid[0] * self.grid[1]
+
+    @abc.abstractmethod
+    def residuals(self, images_b3hw: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+        """Residual stream after each block in ``layers`` (0-based), each (B, T, d); stops at max(layers)."""
+
+    def check_layer(self, layer: int) -> None:
+        """Raise ValueError naming the valid range if ``layer`` is not a block index."""
+        if not 0 <= int(layer) < self.n_blocks:
+            raise ValueError(f"layer {layer} out of range; valid: 0..{self.n_blocks - 1}")

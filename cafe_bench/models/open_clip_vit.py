@@ -1,0 +1,55 @@
+"""Adapter for open_clip's ``VisionTransformer`` (CLIP's visual tower, and the embedded tiny ViT)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from cafe_bench.models.base import Backbone
+
+
+class OpenClipBackbone(Backbone):
+    """Wrap an ``open_clip.transformer.VisionTransformer``; forward stops after the deepest requested block.
+
+    Args:
+        visual: the open_clip vision tower (``model.visual`` of a CLIP model, or a bare VisionTransformer).
+        mean, std: per-channel input normalisation applied to [0, 1] pixels (open_clip's preprocess values).
+    """
+
+    def __init__(self, visual, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.visual = visual.eval()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        ph, pw = visual.patch_size
+        if ph != pw:
+            raise ValueError(f"only square patches are supported, got {visual.patch_size}")
+        self.patch_size = int(ph)
+        self.grid = tuple(int(g) for g in visual.grid_size)
+        self.n_blocks = len(visual.transformer.resblocks)
+        self.width = int(visual.transformer.width)
+        self.n_prefix_tokens = 1
+
+    def embed(self, images_b3hw: torch.Tensor) -> torch.Tensor:
+        """Token embeddings entering block 0, (B, T, d)."""
+        v = self.visual
+        x = (images_b3hw - self.mean) / self.std
+        x = v.conv1(x.to(v.conv1.weight.dtype))  # (B, d, gh, gw)
+        x = x.flatten(2).transpose(1, 2)  # (B, P, d)
+        cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)  # (B, T, d)
+        x = v.patch_dropout(x)
+        return v.ln_pre(x)
+
+    def residuals(self, images_b3hw: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+        wanted = sorted({int(layer) for layer in layers})
+        for layer in wanted:
+            self.check_layer(layer)
+        x = self.embed(images_b3hw)
+        out = {}
+        for i, block in enumerate(self.visual.transformer.resblocks[: wanted[-1] + 1]):
+            x = block(x)  # (B, T, d)
+            if i in wanted:
+                out[i] = x
+        return out

@@ -1,0 +1,144 @@
+"""The batched curve engine: insertion and deletion are one mechanism with a start image and an order.
+
+At step i of S, the top ceil(i * P / S) of the P patches (descending score, ties by ascending patch index,
+row-major) are taken from the image (insertion: into the baseline) or replaced by the baseline
+(deletion). The curve value is z_k at the unit's token of the perturbed image divided by z_k of the clean
+image; the AUC is the trapezoid over the fraction of patches, both ends included.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cafe_bench.errors import UnknownNameError
+
+PROTOCOLS = ("insertion", "deletion")
+"""Valid protocol names."""
+
+
+@dataclass(frozen=True)
+class Curves:
+    """Curves of a batch of units under one protocol."""
+
+    counts: np.ndarray
+    """(S+1,) number of patches taken at each step."""
+    fractions: np.ndarray
+    """(S+1,) counts / P."""
+    activations: np.ndarray
+    """(B, S+1) raw z_k of the perturbed images."""
+
+
+def check_protocol(protocol: str) -> None:
+    """Raise UnknownNameError naming the valid protocols."""
+    if protocol not in PROTOCOLS:
+        raise UnknownNameError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+
+
+def step_counts(n_patches: int, steps: int) -> np.ndarray:
+    """Patches taken at steps 0..S: ceil(i * P / S), exact in integers."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return np.array([-(-i * n_patches // steps) for i in range(steps + 1)], dtype=np.int64)
+
+
+def rank_patches(scores_bp: torch.Tensor) -> torch.Tensor:
+    """Patch order (B, P): descending score, ties by ascending patch index."""
+    return torch.sort(scores_bp, dim=1, descending=True, stable=True).indices
+
+
+def step_masks(scores_bp: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
+    """(B, S+1, P) bool: True where a patch is taken at that step."""
+    b, p = scores_bp.shape
+    rank = torch.empty_like(rank_patches(scores_bp))
+    rank.scatter_(1, rank_patches(scores_bp), torch.arange(p, device=scores_bp.device).expand(b, p))
+    counts_t = torch.as_tensor(counts, device=scores_bp.device)
+    return rank[:, None, :] < counts_t[None, :, None]  # (B, S+1, P)
+
+
+def compose(images_b3hw, baseline_b3hw, taken_np: torch.Tensor, unit_idx_n: torch.Tensor, protocol: str,
+            grid: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """Perturbed images (N, 3, H, W): row n mixes unit ``unit_idx_n[n]``'s image and baseline by ``taken_np[n]``."""
+    gh, gw = grid
+    pix = taken_np.view(-1, 1, gh, 1, gw, 1).expand(-1, 1, gh, patch_size, gw, patch_size)
+    pix = pix.reshape(-1, 1, gh * patch_size, gw * patch_size)
+    image, base = images_b3hw[unit_idx_n], baseline_b3hw[unit_idx_n]
+    if protocol == "insertion":
+        return torch.where(pix, image, base)
+    return torch.where(pix, base, image)
+
+
+@torch.no_grad()
+def run_curves(target, scores_bhw: torch.Tensor, protocol: str, steps: int, batch_size: int = 512,
+               endpoints: tuple[torch.Tensor, torch.Tensor] | None = None) -> Curves:
+    """Curves of every unit of ``target`` under ``protocol``, all perturbed images batched.
+
+    Args:
+        target: the Target (its ``baseline`` is the protocol's baseline).
+        scores_bhw: (B, gh, gw) patch scores.
+        protocol: ``insertion`` or ``deletion``.
+        steps: S; the curve has S+1 points.
+        batch_size: images per forward pass (default 512).
+        endpoints: (z of the baseline images, z of the clean images), each (B,), shared by every method;
+            steps whose mask is empty or full reuse them instead of a forward pass.
+    """
+    check_protocol(protocol)
+    b = len(target)
+    counts = step_counts(target.n_patches, steps)
+    masks = step_masks(scores_bhw.reshape(b, -1).to(target.device), counts)  # (B, S+1, P)
+    acts = torch.empty(b, steps + 1, device=target.device)
+    todo = list(range(steps + 1))
+    if endpoints is not None:
+        z_base, z_clean = endpoints
+        start, full = (z_base, z_clean) if protocol == "insertion" else (z_clean, z_base)
+        for i, c in enumerate(counts):
+            if c == 0:
+                acts[:, i] = start
+            elif c == target.n_patches:
+                acts[:, i] = full
+        todo = [i for i, c in enumerate(counts) if 0 < c < target.n_patches]
+    if todo:
+        taken = masks[:, todo].reshape(-1, masks.shape[-1])  # (B * n_todo, P)
+        unit_idx = torch.arange(b, device=target.device).repeat_interleave(len(todo))
+        out = []
+        for lo in range(0, len(taken), batch_size):
+            sl = slice(lo, lo + batch_size)
+            imgs = compose(target.images, target.baseline, taken[sl], unit_idx[sl], protocol,
+                           target.grid, target.patch_size)
+            out.append(target.activations(imgs, unit_idx[sl]))
+        acts[:, todo] = torch.cat(out).view(b, len(todo))
+    return Curves(counts=counts, fractions=counts / target.n_patches, activations=acts.cpu().numpy())
+
+
+@torch.no_grad()
+def run_curves_naive(target, scores_bhw: torch.Tensor, protocol: str, steps: int) -> Curves:
+    """Reference: one unit and one step at a time, every step a forward pass (for tests and benchmarks)."""
+    check_protocol(protocol)
+    counts = step_counts(target.n_patches, steps)
+    acts = np.zeros((len(target), steps + 1))
+    for u in range(len(target)):
+        flat = scores_bhw[u].reshape(-1).tolist()
+        order = sorted(range(len(flat)), key=lambda p: (-flat[p], p))
+        image, base = target.images[u], target.baseline[u]
+        start, src = (base, image) if protocol == "insertion" else (image, base)
+        for i, c in enumerate(counts):
+            img = start.clone()
+            for p in order[:c]:
+                r, col = divmod(p, target.grid[1])
+                ys = slice(r * target.patch_size, (r + 1) * target.patch_size)
+                xs = slice(col * target.patch_size, (col + 1) * target.patch_size)
+                img[:, ys, xs] = src[:, ys, xs]
+            acts[u, i] = float(target.activations(img[None], torch.tensor([u], device=target.device))[0])
+    return Curves(counts=counts, fractions=counts / target.n_patches, activations=acts)
+
+
+def normalised(curves: Curves, clean_b: np.ndarray) -> np.ndarray:
+    """Curves divided by each unit's clean activation (no clipping); rows with clean == 0 become NaN."""
+    clean_b = np.asarray(clean_b, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = curves.activations / clean_b[:, None]
+    out[clean_b == 0] = math.nan
+    return out

@@ -1,0 +1,57 @@
+"""Run-level provenance: versions, git commit of this package, device, threads, date."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+LIBRARIES = ("torch", "torchvision", "open_clip_torch", "numpy", "scipy", "pandas", "safetensors",
+             "captum", "shap", "lxt", "timm")
+
+
+def package_git_commit() -> str | None:
+    """Commit of the cafe_bench checkout this code runs from (suffix ``-dirty`` if modified), or None."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+def library_versions() -> dict:
+    """Installed versions of the libraries that can change numbers (None when absent)."""
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def collect(device: str) -> dict:
+    """Provenance of a run on ``device``."""
+    from cafe_bench import __version__
+
+    dev = torch.device(device)
+    return {
+        "cafe_bench_version": __version__,
+        "git_commit": package_git_commit(),
+        "libraries": library_versions(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "dtype": "float32",
+        "torch_threads": torch.get_num_threads(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,183 @@
+"""``run``: every method x protocol on every unit of a suite, batched, stored, resumable."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cafe_bench.attributors.base import AttributorError
+from cafe_bench.attributors.registry import get_attributor, list_attributors
+from cafe_bench.errors import CafeBenchError, RunConfigError, UnknownNameError
+from cafe_bench.protocols.baselines import BASELINES
+from cafe_bench.protocols.engine import PROTOCOLS, check_protocol, normalised, run_curves
+from cafe_bench.stats import auc
+from cafe_bench.store import RunStore, check_out_dir, open_store, record_key
+
+DEFAULT_METHODS = ("activation", "random", "gradient", "grad_x_input")
+"""Methods run when none are named."""
+NORMALISATION = "z_k(perturbed) / z_k(clean), no clipping"
+AUC_RULE = "trapezoid over the fraction of patches, both ends included"
+
+
+def _resolve_device(device: str) -> str:
+    valid = ("auto", "cpu", "cuda")
+    if device not in valid:
+        raise UnknownNameError(f"unknown device {device!r}; valid: {', '.join(valid)}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RunConfigError("device 'cuda' requested but torch sees no CUDA device; valid here: cpu, auto")
+    return device
+
+
+def _as_list(value, default) -> list:
+    if value is None:
+        return list(default)
+    if isinstance(value, str | int):
+        value = [value]
+    return list(value)
+
+
+def build_config(suite, methods, protocols, layers, baseline, steps, seed) -> dict:
+    """Validate the choices against the suite and the registries; the config recorded in run.json."""
+    names = list_attributors()
+    for m in methods:
+        if m not in names:
+            get_attributor(m)  # raises with the valid names
+    for p in protocols:
+        check_protocol(p)
+    suite.check_layers(layers)
+    if baseline not in BASELINES:
+        raise UnknownNameError(f"unknown baseline {baseline!r}; valid: {', '.join(BASELINES)}")
+    if int(steps) < 1:
+        raise RunConfigError(f"steps must be a positive integer, got {steps}")
+    return {
+        "suite": suite.name,
+        "suite_files": suite.hashes,
+        "methods": list(methods),
+        "method_params": {m: get_attributor(m).params() for m in methods},
+        "protocols": list(protocols),
+        "layers": [int(layer) for layer in layers],
+        "baseline": baseline,
+        "blur_sigma": suite.protocol_defaults.get("blur_sigma", 4.0),
+        "steps": int(steps),
+        "seed": int(seed),
+        "normalisation": NORMALISATION,
+        "auc": AUC_RULE,
+    }
+
+
+def _records(target, method, protocol, curves, config, status_override=None) -> list[dict]:
+    clean = target.clean.detach().cpu().numpy().astype(np.float64)
+    norm = normalised(curves, clean) if curves is not None else None
+    base = {"suite": config["suite"], "method": method, "protocol": protocol, "baseline": config["baseline"],
+            "steps": config["steps"]}
+    out = []
+    for i, unit in enumerate(target.units):
+        rec = {**base, "layer": unit.layer, "feature": unit.feature, "image_id": unit.image_id,
+               "token": unit.token, "seed": target.seeds[i], "clean_activation": float(clean[i])}
+        if status_override is not None:
+            rec.update(status=status_override, fractions=None, curve=None, auc=None)
+        elif clean[i] == 0:
+            rec.update(status="skipped: dead feature (z_k of the clean image is 0)", fractions=None, curve=None,
+                       auc=None)
+        else:
+            curve = norm[i].tolist()
+            rec.update(status="ok", fractions=curves.fractions.tolist(), curve=curve,
+                       auc=auc(curves.fractions, curve))
+        out.append(rec)
+    return out
+
+
+def run(suite="tiny", methods=None, protocols=None, layers=None, baseline: str | None = None,
+        steps: int | None = None, seed: int = 0, device: str = "cpu", out: str | Path | None = None,
+        resume: bool = False, unit_batch: int = 32, forward_batch: int = 512, progress: bool = True):
+    """Run methods x protocols on every unit of a suite and return the records as a pandas DataFrame.
+
+    Args:
+        suite: a built-in suite name or a loaded ``Suite`` (default ``"tiny"``).
+        methods: attributor names (default: activation, random, gradient, grad_x_input).
+        protocols: ``insertion`` and/or ``deletion`` (default both).
+        layers: SAE layers to run (default all of the suite's).
+        baseline: ``blur`` (suite default), ``mean`` or ``zero``.
+        steps: curve steps S (default: the suite's, 16 for tiny).
+        seed: run seed; per-unit seeds derive from it (default 0).
+        device: ``cpu`` (default), ``cuda`` or ``auto``.
+        out: directory for ``results.jsonl`` and ``run.json``; None keeps results in memory only.
+        resume: continue a run stored in ``out`` with the same config, skipping finished work.
+        unit_batch: units attributed together (default 32); forward_batch: images per forward (default 512).
+        progress: show a progress bar on stderr.
+    Returns:
+        DataFrame, one row per unit x method x protocol (the stored records, finished ones included).
+    """
+    import pandas as pd
+
+    from cafe_bench.provenance import collect
+    from cafe_bench.suites import Suite, load_suite
+
+    device = _resolve_device(device)
+    suite = suite if isinstance(suite, Suite) else load_suite(suite, device=device)
+    methods = _as_list(methods, DEFAULT_METHODS)
+    protocols = _as_list(protocols, PROTOCOLS)
+    layers = [int(layer) for layer in _as_list(layers, suite.layers)]
+    baseline = baseline or suite.protocol_defaults["baseline"]
+    steps = int(steps if steps is not None else suite.protocol_defaults["steps"])
+    config = build_config(suite, methods, protocols, layers, baseline, steps, seed)
+    if out is not None:
+        check_out_dir(Path(out), config, resume)  # fail before anything is written
+        store = open_store(Path(out), config, collect(device), resume)
+    else:
+        store = RunStore(None, set())
+    attributors = {m: get_attributor(m) for m in methods}
+    all_records, timings = [], {m: 0.0 for m in methods}
+    units = suite.units(layers)
+    started = time.perf_counter()
+    bar = tqdm(total=len(units) * len(methods) * len(protocols), desc=f"cafe-bench {suite.name}", unit="curve",
+               disable=not progress)
+    for layer in layers:
+        layer_units = [u for u in units if u.layer == layer]
+        for lo in range(0, len(layer_units), unit_batch):
+            chunk = layer_units[lo : lo + unit_batch]
+            todo = {m: [p for p in protocols
+                        if any((*u.key(), m, p) not in store.done for u in chunk)] for m in methods}
+            bar.update(sum(len(protocols) - len(todo[m]) for m in methods) * len(chunk))
+            if not any(todo.values()):
+                continue
+            target = suite.target(chunk, baseline=baseline, seed=seed)
+            with torch.no_grad():
+                endpoints = (target.forward(target.baseline), target.clean)
+            for m in methods:
+                if not todo[m]:
+                    continue
+                t0 = time.perf_counter()
+                batch_records = []
+                try:
+                    scores = attributors[m].scores(target)
+                except AttributorError as exc:
+                    bar.write(f"cafe-bench: {exc} on layer {layer} units {lo}..{lo + len(chunk) - 1}; "
+                              "recorded as failed")
+                    for p in todo[m]:
+                        batch_records += _records(target, m, p, None, config, status_override=f"failed: {exc}")
+                else:
+                    for p in todo[m]:
+                        curves = run_curves(target, scores, p, steps, forward_batch, endpoints)
+                        batch_records += _records(target, m, p, curves, config)
+                batch_records = [r for r in batch_records if record_key(r) not in store.done]
+                store.append(batch_records)
+                timings[m] += time.perf_counter() - t0
+                all_records += batch_records
+                bar.update(len(chunk) * len(todo[m]))
+    bar.close()
+    wall = time.perf_counter() - started
+    if out is not None:
+        store.update_run(status="finished", wall_time_s=round(wall, 3),
+                         method_time_s={m: round(t, 3) for m, t in timings.items()})
+        return pd.DataFrame(store.records())
+    return pd.DataFrame(all_records)
+
+
+__all__ = ["run", "DEFAULT_METHODS", "CafeBenchError"]

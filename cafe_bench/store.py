@@ -1,0 +1,130 @@
+"""The run store: ``run.json`` (config and provenance) and ``results.jsonl`` (one record per unit x method x
+protocol), appended atomically per finished batch so that a killed run resumes without losing finished work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+from cafe_bench.errors import RunConfigError
+from cafe_bench.suites.manifest import write_json_atomic
+
+RESULTS = "results.jsonl"
+RUN = "run.json"
+KEY_FIELDS = ("layer", "feature", "image_id", "token", "method", "protocol")
+
+
+def record_key(record: dict) -> tuple:
+    """(layer, feature, image_id, token, method, protocol) of a record."""
+    return tuple(record[f] for f in KEY_FIELDS)
+
+
+def _first_difference(old: dict, new: dict) -> str:
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            return f"{key}: {json.dumps(old.get(key))} there, {json.dumps(new.get(key))} now"
+    return "unknown difference"
+
+
+def read_records(path: Path, repair: bool = False) -> list[dict]:
+    """Records of a results file. A partial last line (a killed write) is ignored with a warning, and
+    cut off when ``repair`` is true; a bad line elsewhere raises RunConfigError naming file and line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    records, good_bytes = [], 0
+    for i, line in enumerate(lines):
+        if not line.strip():
+            good_bytes += len(line) + 1
+            continue
+        last = i == len(lines) - 1  # no newline after it: the write was cut
+        try:
+            if last:
+                raise ValueError("no newline")
+            records.append(json.loads(line))
+            good_bytes += len(line) + 1
+        except ValueError:
+            if last or i == len(lines) - 2 and not lines[-1]:
+                warnings.warn(f"{path}:{i + 1}: ignoring a partially written last line", stacklevel=2)
+                if repair:
+                    with open(path, "r+b") as fh:
+                        fh.truncate(good_bytes)
+                break
+            raise RunConfigError(f"{path}:{i + 1}: not a JSON record; the file is damaged") from None
+    return records
+
+
+class RunStore:
+    """An output directory of one run. Use :func:`open_store` to create or resume it."""
+
+    def __init__(self, out_dir: Path | None, done: set):
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        """None keeps nothing on disk (an in-memory run)."""
+        self.done = done
+        """Keys of the records already stored."""
+
+    @property
+    def results_path(self) -> Path:
+        return self.out_dir / RESULTS
+
+    def append(self, records: list[dict]) -> None:
+        """Append records in one write followed by fsync: a batch is stored whole or (cut) not at all."""
+        if not records:
+            return
+        if self.out_dir is None:
+            self.done.update(record_key(r) for r in records)
+            return
+        payload = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
+        with open(self.results_path, "ab") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.done.update(record_key(r) for r in records)
+
+    def update_run(self, **fields) -> None:
+        """Merge ``fields`` into run.json (atomic rewrite)."""
+        path = self.out_dir / RUN
+        doc = json.loads(path.read_text())
+        doc.update(fields)
+        write_json_atomic(path, doc)
+
+    def records(self) -> list[dict]:
+        """All stored records."""
+        return read_records(self.results_path)
+
+
+def check_out_dir(out_dir: Path, config: dict, resume: bool) -> None:
+    """Raise RunConfigError if ``out_dir`` holds a different run, or this run without ``resume``. Writes nothing."""
+    out_dir = Path(out_dir)
+    run_path, results_path = out_dir / RUN, out_dir / RESULTS
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunConfigError(f"--out {out_dir} is a file; give a directory")
+    if run_path.exists():
+        old = json.loads(run_path.read_text()).get("config", {})
+        new = json.loads(json.dumps(config))
+        if old != new:
+            raise RunConfigError(f"{out_dir} holds a run of a different config ({_first_difference(old, new)}); "
+                                 "choose another --out")
+        if not resume:
+            raise RunConfigError(f"{out_dir} already holds this run; pass --resume to continue it or choose another --out")
+    elif results_path.exists():
+        raise RunConfigError(f"{results_path} exists without {RUN}; choose another --out")
+
+
+def open_store(out_dir: Path, config: dict, provenance: dict, resume: bool) -> RunStore:
+    """Create or resume the run in ``out_dir`` (after :func:`check_out_dir` passed)."""
+    check_out_dir(out_dir, config, resume)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_path = out_dir / RUN
+    previous = json.loads(run_path.read_text()) if run_path.exists() else {}
+    doc = {"schema_version": 1, "config": config, "provenance": provenance, "status": "running",
+           "started": previous.get("started", provenance.get("date")), "resumed": bool(previous)}
+    write_json_atomic(run_path, doc)
+    done = {record_key(r) for r in read_records(out_dir / RESULTS, repair=True)}
+    return RunStore(out_dir, done)
