@@ -24,24 +24,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cafe-bench",
         description="Causal insertion/deletion benchmarks for attribution methods that explain SAE features "
-                    "of vision transformers.")
+        "of vision transformers.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = sub.add_parser("run", help="run methods x protocols on a suite and print the leaderboard",
-                         description="Attribute each unit's SAE feature activation to patches with every method, "
-                                     "run insertion/deletion curves, store per-unit records and print mean AUC "
-                                     "with 95%% clustered bootstrap CIs per method x layer.")
+    run = sub.add_parser(
+        "run",
+        help="run methods x protocols on a suite and print the leaderboard",
+        description="Attribute each unit's SAE feature activation to patches with every method, "
+        "run insertion/deletion curves, store per-unit records and print mean AUC "
+        "with 95%% clustered bootstrap CIs per method x layer.",
+    )
     run.add_argument("--suite", default="tiny", help="built-in suite name or suite directory (default: tiny)")
-    run.add_argument("--methods", type=_csv, default=None,
-                     help="comma-separated attributors (default: activation,random,gradient,grad_x_input; "
-                          "see `cafe-bench methods`)")
+    run.add_argument(
+        "--methods",
+        type=_csv,
+        default=None,
+        help="comma-separated attributors (default: activation,random,gradient,grad_x_input; see `cafe-bench methods`)",
+    )
     run.add_argument("--protocols", type=_csv, default=None, help="insertion,deletion (default: both)")
     run.add_argument("--layers", type=_layers, default=None, help="comma-separated SAE layers (default: all)")
     run.add_argument("--baseline", default=None, help="blur (default), mean or zero")
     run.add_argument("--steps", type=int, default=None, help="curve steps S (default: the suite's, 16 for tiny)")
     run.add_argument("--seed", type=int, default=0, help="run seed (default: 0)")
     run.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    run.add_argument("--out", default=None, help="directory for results.jsonl and run.json (default: none, "
-                                                 "results are only printed)")
+    run.add_argument(
+        "--out", default=None, help="directory for results.jsonl and run.json (default: none, results are only printed)"
+    )
     run.add_argument("--resume", action="store_true", help="continue the run stored in --out, skipping finished work")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sub.add_parser("methods", help="list registered attribution methods with their source")
@@ -53,9 +61,19 @@ def _cmd_run(args) -> int:
     from cafe_bench.leaderboard import render_markdown, summarize
     from cafe_bench.runner import run
 
-    records = run(suite=args.suite, methods=args.methods, protocols=args.protocols, layers=args.layers,
-                  baseline=args.baseline, steps=args.steps, seed=args.seed, device=args.device, out=args.out,
-                  resume=args.resume, progress=not args.no_progress)
+    records = run(
+        suite=args.suite,
+        methods=args.methods,
+        protocols=args.protocols,
+        layers=args.layers,
+        baseline=args.baseline,
+        steps=args.steps,
+        seed=args.seed,
+        device=args.device,
+        out=args.out,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
     print(render_markdown(summarize(records, seed=args.seed)))
     failed = records[records["status"].str.startswith("failed")]
     if len(failed):

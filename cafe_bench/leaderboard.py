@@ -17,10 +17,21 @@ def summarize(records: pd.DataFrame, n_resamples: int = 1000, level: float = 0.9
     rows = []
     for (method, layer, protocol), group in records.groupby(["method", "layer", "protocol"], sort=True):
         ok = group[group["status"] == "ok"]
-        mean, low, high = clustered_bootstrap_ci(ok["auc"].to_numpy(dtype=float), ok["feature"].to_numpy(),
-                                                 n_resamples=n_resamples, level=level, seed=seed)
-        rows.append({"method": method, "layer": int(layer), "protocol": protocol, "n_units": len(ok),
-                     "n_skipped": len(group) - len(ok), "mean": mean, "ci_low": low, "ci_high": high})
+        mean, low, high = clustered_bootstrap_ci(
+            ok["auc"].to_numpy(dtype=float), ok["feature"].to_numpy(), n_resamples=n_resamples, level=level, seed=seed
+        )
+        rows.append(
+            {
+                "method": method,
+                "layer": int(layer),
+                "protocol": protocol,
+                "n_units": len(ok),
+                "n_skipped": len(group) - len(ok),
+                "mean": mean,
+                "ci_low": low,
+                "ci_high": high,
+            }
+        )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -33,9 +44,11 @@ def _cell(row) -> str:
 def table(summary: pd.DataFrame) -> pd.DataFrame:
     """Wide table: one row per method x layer, a column per protocol ("mean [low, high]") and n."""
     wide = summary.assign(cell=summary.apply(_cell, axis=1)).pivot_table(
-        index=["method", "layer"], columns="protocol", values="cell", aggfunc="first")
+        index=["method", "layer"], columns="protocol", values="cell", aggfunc="first"
+    )
     order = [p for p in ("insertion", "deletion") if p in wide.columns] + [
-        p for p in wide.columns if p not in ("insertion", "deletion")]
+        p for p in wide.columns if p not in ("insertion", "deletion")
+    ]
     wide = wide[order]
     wide.columns = [f"{p} AUC (95% CI)" for p in wide.columns]
     n = summary.groupby(["method", "layer"])["n_units"].max().rename("n")

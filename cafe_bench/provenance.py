@@ -10,18 +10,35 @@ from pathlib import Path
 
 import torch
 
-LIBRARIES = ("torch", "torchvision", "open_clip_torch", "numpy", "scipy", "pandas", "safetensors",
-             "captum", "shap", "lxt", "timm")
+LIBRARIES = (
+    "torch",
+    "torchvision",
+    "open_clip_torch",
+    "numpy",
+    "scipy",
+    "pandas",
+    "safetensors",
+    "captum",
+    "shap",
+    "lxt",
+    "timm",
+)
 
 
 def package_git_commit() -> str | None:
     """Commit of the cafe_bench checkout this code runs from (suffix ``-dirty`` if modified), or None."""
     root = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{commit}-dirty" if dirty else commit

@@ -74,28 +74,53 @@ def build_config(suite, methods, protocols, layers, baseline, steps, seed) -> di
 def _records(target, method, protocol, curves, config, status_override=None) -> list[dict]:
     clean = target.clean.detach().cpu().numpy().astype(np.float64)
     norm = normalised(curves, clean) if curves is not None else None
-    base = {"suite": config["suite"], "method": method, "protocol": protocol, "baseline": config["baseline"],
-            "steps": config["steps"]}
+    base = {
+        "suite": config["suite"],
+        "method": method,
+        "protocol": protocol,
+        "baseline": config["baseline"],
+        "steps": config["steps"],
+    }
     out = []
     for i, unit in enumerate(target.units):
-        rec = {**base, "layer": unit.layer, "feature": unit.feature, "image_id": unit.image_id,
-               "token": unit.token, "seed": target.seeds[i], "clean_activation": float(clean[i])}
+        rec = {
+            **base,
+            "layer": unit.layer,
+            "feature": unit.feature,
+            "image_id": unit.image_id,
+            "token": unit.token,
+            "seed": target.seeds[i],
+            "clean_activation": float(clean[i]),
+        }
         if status_override is not None:
             rec.update(status=status_override, fractions=None, curve=None, auc=None)
         elif clean[i] == 0:
-            rec.update(status="skipped: dead feature (z_k of the clean image is 0)", fractions=None, curve=None,
-                       auc=None)
+            rec.update(
+                status="skipped: dead feature (z_k of the clean image is 0)", fractions=None, curve=None, auc=None
+            )
         else:
             curve = norm[i].tolist()
-            rec.update(status="ok", fractions=curves.fractions.tolist(), curve=curve,
-                       auc=auc(curves.fractions, curve))
+            rec.update(status="ok", fractions=curves.fractions.tolist(), curve=curve, auc=auc(curves.fractions, curve))
         out.append(rec)
     return out
 
 
-def run(suite="tiny", methods=None, protocols=None, layers=None, baseline: str | None = None,
-        steps: int | None = None, seed: int = 0, device: str = "cpu", out: str | Path | None = None,
-        resume: bool = False, unit_batch: int = 32, forward_batch: int = 512, progress: bool = True):
+def run(
+    suite="tiny",
+    methods=None,
+    protocols=None,
+    layers=None,
+    baseline: str | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    out: str | Path | None = None,
+    resume: bool = False,
+    units=None,
+    unit_batch: int = 32,
+    forward_batch: int = 512,
+    progress: bool = True,
+):
     """Run methods x protocols on every unit of a suite and return the records as a pandas DataFrame.
 
     Args:
@@ -109,6 +134,7 @@ def run(suite="tiny", methods=None, protocols=None, layers=None, baseline: str |
         device: ``cpu`` (default), ``cuda`` or ``auto``.
         out: directory for ``results.jsonl`` and ``run.json``; None keeps results in memory only.
         resume: continue a run stored in ``out`` with the same config, skipping finished work.
+        units: run these ``Unit``s instead of the suite's frozen feature set (recorded in the config).
         unit_batch: units attributed together (default 32); forward_batch: images per forward (default 512).
         progress: show a progress bar on stderr.
     Returns:
@@ -127,6 +153,13 @@ def run(suite="tiny", methods=None, protocols=None, layers=None, baseline: str |
     baseline = baseline or suite.protocol_defaults["baseline"]
     steps = int(steps if steps is not None else suite.protocol_defaults["steps"])
     config = build_config(suite, methods, protocols, layers, baseline, steps, seed)
+    if units is None:
+        units = suite.units(layers)
+    else:
+        units = [u for u in units if u.layer in layers]
+        for unit in units:
+            suite.check_unit(unit)
+        config["units"] = [list(u.key()) for u in units]
     if out is not None:
         check_out_dir(Path(out), config, resume)  # fail before anything is written
         store = open_store(Path(out), config, collect(device), resume)
@@ -134,16 +167,20 @@ def run(suite="tiny", methods=None, protocols=None, layers=None, baseline: str |
         store = RunStore(None, set())
     attributors = {m: get_attributor(m) for m in methods}
     all_records, timings = [], {m: 0.0 for m in methods}
-    units = suite.units(layers)
     started = time.perf_counter()
-    bar = tqdm(total=len(units) * len(methods) * len(protocols), desc=f"cafe-bench {suite.name}", unit="curve",
-               disable=not progress)
+    bar = tqdm(
+        total=len(units) * len(methods) * len(protocols),
+        desc=f"cafe-bench {suite.name}",
+        unit="curve",
+        disable=not progress,
+    )
     for layer in layers:
         layer_units = [u for u in units if u.layer == layer]
         for lo in range(0, len(layer_units), unit_batch):
             chunk = layer_units[lo : lo + unit_batch]
-            todo = {m: [p for p in protocols
-                        if any((*u.key(), m, p) not in store.done for u in chunk)] for m in methods}
+            todo = {
+                m: [p for p in protocols if any((*u.key(), m, p) not in store.done for u in chunk)] for m in methods
+            }
             bar.update(sum(len(protocols) - len(todo[m]) for m in methods) * len(chunk))
             if not any(todo.values()):
                 continue
@@ -158,8 +195,9 @@ def run(suite="tiny", methods=None, protocols=None, layers=None, baseline: str |
                 try:
                     scores = attributors[m].scores(target)
                 except AttributorError as exc:
-                    bar.write(f"cafe-bench: {exc} on layer {layer} units {lo}..{lo + len(chunk) - 1}; "
-                              "recorded as failed")
+                    bar.write(
+                        f"cafe-bench: {exc} on layer {layer} units {lo}..{lo + len(chunk) - 1}; recorded as failed"
+                    )
                     for p in todo[m]:
                         batch_records += _records(target, m, p, None, config, status_override=f"failed: {exc}")
                 else:
@@ -174,8 +212,9 @@ def run(suite="tiny", methods=None, protocols=None, layers=None, baseline: str |
     bar.close()
     wall = time.perf_counter() - started
     if out is not None:
-        store.update_run(status="finished", wall_time_s=round(wall, 3),
-                         method_time_s={m: round(t, 3) for m, t in timings.items()})
+        store.update_run(
+            status="finished", wall_time_s=round(wall, 3), method_time_s={m: round(t, 3) for m, t in timings.items()}
+        )
         return pd.DataFrame(store.records())
     return pd.DataFrame(all_records)
 

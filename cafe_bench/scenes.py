@@ -121,8 +121,15 @@ def make_scene(seed: int, image_id: int, config: SceneConfig = SceneConfig()) ->
         image[mask] = (rgb[None, :] * shade[mask][:, None]).astype(np.float32)
         occupied |= mask
         masks.append(mask)
-        objects.append({"shape": shape, "colour": colour, "texture": texture,
-                        "centre": (round(float(cy), 3), round(float(cx), 3)), "radius": r})
+        objects.append(
+            {
+                "shape": shape,
+                "colour": colour,
+                "texture": texture,
+                "centre": (round(float(cy), 3), round(float(cx), 3)),
+                "radius": r,
+            }
+        )
     return Scene(
         image=np.clip(image, 0.0, 1.0),
         masks=np.stack(masks) if masks else np.zeros((0, size, size), dtype=bool),

@@ -15,8 +15,9 @@ def auc(fractions, curve) -> float:
     return float(trapezoid(np.asarray(curve, dtype=np.float64), np.asarray(fractions, dtype=np.float64)))
 
 
-def clustered_bootstrap_ci(values, clusters, n_resamples: int = 1000, level: float = 0.95,
-                           seed: int = 0) -> tuple[float, float, float]:
+def clustered_bootstrap_ci(
+    values, clusters, n_resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """Mean of ``values`` and a percentile CI from a two-stage bootstrap.
 
     Stage one resamples clusters (features) with replacement, stage two resamples the units (images)

@@ -108,10 +108,13 @@ def check_out_dir(out_dir: Path, config: dict, resume: bool) -> None:
         old = json.loads(run_path.read_text()).get("config", {})
         new = json.loads(json.dumps(config))
         if old != new:
-            raise RunConfigError(f"{out_dir} holds a run of a different config ({_first_difference(old, new)}); "
-                                 "choose another --out")
+            raise RunConfigError(
+                f"{out_dir} holds a run of a different config ({_first_difference(old, new)}); choose another --out"
+            )
         if not resume:
-            raise RunConfigError(f"{out_dir} already holds this run; pass --resume to continue it or choose another --out")
+            raise RunConfigError(
+                f"{out_dir} already holds this run; pass --resume to continue it or choose another --out"
+            )
     elif results_path.exists():
         raise RunConfigError(f"{results_path} exists without {RUN}; choose another --out")
 
@@ -123,8 +126,14 @@ def open_store(out_dir: Path, config: dict, provenance: dict, resume: bool) -> R
     out_dir.mkdir(parents=True, exist_ok=True)
     run_path = out_dir / RUN
     previous = json.loads(run_path.read_text()) if run_path.exists() else {}
-    doc = {"schema_version": 1, "config": config, "provenance": provenance, "status": "running",
-           "started": previous.get("started", provenance.get("date")), "resumed": bool(previous)}
+    doc = {
+        "schema_version": 1,
+        "config": config,
+        "provenance": provenance,
+        "status": "running",
+        "started": previous.get("started", provenance.get("date")),
+        "resumed": bool(previous),
+    }
     write_json_atomic(run_path, doc)
     done = {record_key(r) for r in read_records(out_dir / RESULTS, repair=True)}
     return RunStore(out_dir, done)

@@ -39,8 +39,9 @@ class Target:
             unit's scores do not depend on how units are batched.
     """
 
-    def __init__(self, backbone, saes: dict, units: list[Unit], images: torch.Tensor, baseline: torch.Tensor,
-                 seeds: list[int]):
+    def __init__(
+        self, backbone, saes: dict, units: list[Unit], images: torch.Tensor, baseline: torch.Tensor, seeds: list[int]
+    ):
         self.units = list(units)
         self.backbone = backbone
         self.saes = saes
@@ -98,8 +99,11 @@ class Target:
             feats = self._features[unit_idx[rows]]
             if all_tokens:
                 h = res[layer][rows, prefix:]  # (n, P, d)
-                z = self.saes[layer].encode_feature(h.reshape(-1, h.shape[-1]),
-                                                     feats.repeat_interleave(h.shape[1])).view(len(rows), -1)
+                z = (
+                    self.saes[layer]
+                    .encode_feature(h.reshape(-1, h.shape[-1]), feats.repeat_interleave(h.shape[1]))
+                    .view(len(rows), -1)
+                )
             else:
                 h = res[layer][rows, prefix + self._tokens[unit_idx[rows]]]  # (n, d)
                 z = self.saes[layer].encode_feature(h, feats)
@@ -115,7 +119,9 @@ def pool_to_patches(pixel_map: torch.Tensor, grid: tuple[int, int], patch_size: 
     if pixel_map.dim() == 4:
         pixel_map = pixel_map.sum(1)
     if pixel_map.dim() != 3 or tuple(pixel_map.shape[1:]) != (gh * patch_size, gw * patch_size):
-        raise ValueError(f"expected scores of shape (B, {gh}, {gw}) or pixel relevance (B, [3,] "
-                         f"{gh * patch_size}, {gw * patch_size}), got {tuple(pixel_map.shape)}")
+        raise ValueError(
+            f"expected scores of shape (B, {gh}, {gw}) or pixel relevance (B, [3,] "
+            f"{gh * patch_size}, {gw * patch_size}), got {tuple(pixel_map.shape)}"
+        )
     b = pixel_map.shape[0]
     return pixel_map.reshape(b, gh, patch_size, gw, patch_size).sum(dim=(2, 4))

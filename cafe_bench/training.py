@@ -50,8 +50,10 @@ def evaluate(backbone, images, labels, batch_size: int = 500) -> dict:
     backbone.eval()
     preds = torch.cat([_logits(backbone, images[i : i + batch_size]) > 0 for i in range(0, len(images), batch_size)])
     per_head = (preds == (labels > 0.5)).float().mean(0)
-    return {"mean_accuracy": round(float(per_head.mean()), 4),
-            "per_head": {n: round(float(a), 4) for n, a in zip(LABEL_NAMES, per_head)}}
+    return {
+        "mean_accuracy": round(float(per_head.mean()), 4),
+        "per_head": {n: round(float(a), 4) for n, a in zip(LABEL_NAMES, per_head, strict=True)},
+    }
 
 
 def train_vit(backbone, config: ViTTrainConfig, train_seed: int, val_seed: int, progress: bool = True) -> dict:
@@ -65,7 +67,8 @@ def train_vit(backbone, config: ViTTrainConfig, train_seed: int, val_seed: int, 
     total = steps_per_epoch * config.epochs
     warmup = max(1, total // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(s, total) / total)))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(s, total) / total))
+    )
     gen = torch.Generator().manual_seed(train_seed)
     bar = tqdm(total=total, desc="vit", disable=not progress)
     for _ in range(config.epochs):
@@ -84,5 +87,10 @@ def train_vit(backbone, config: ViTTrainConfig, train_seed: int, val_seed: int, 
             bar.write(f"epoch val {evaluate(backbone, val_images, val_labels)['mean_accuracy']}")
     bar.close()
     backbone.eval()
-    return {**evaluate(backbone, val_images, val_labels), "config": asdict(config),
-            "train_seed": train_seed, "val_seed": val_seed, "torch_threads": torch.get_num_threads()}
+    return {
+        **evaluate(backbone, val_images, val_labels),
+        "config": asdict(config),
+        "train_seed": train_seed,
+        "val_seed": val_seed,
+        "torch_threads": torch.get_num_threads(),
+    }

@@ -22,8 +22,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="suite directory to write")
     parser.add_argument("--smoke", action="store_true", help="a seconds-long run with tiny budgets (for tests)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2; the shipped "
-                        "files were built with 2)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch CPU threads (default 2; the shipped files were built with 2)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     vit, sae, rules = ViTTrainConfig(), SAETrainConfig(), FeatureSetRules()

@@ -59,8 +59,9 @@ def pool_codes(backbone, saes: dict, images: torch.Tensor, batch_size: int = 64)
     return {layer: torch.cat(chunks) for layer, chunks in out.items()}
 
 
-def build_feature_set(backbone, saes: dict, scene_seed: int, rules: FeatureSetRules = FeatureSetRules(),
-                      progress: bool = True) -> dict:
+def build_feature_set(
+    backbone, saes: dict, scene_seed: int, rules: FeatureSetRules = FeatureSetRules(), progress: bool = True
+) -> dict:
     """Apply the rules; returns the feature-set document (rules, per-layer stats, units, checksum)."""
     images = torch.from_numpy(make_images(scene_seed, range(rules.n_pool)))
     codes = pool_codes(backbone, saes, images)
@@ -81,10 +82,14 @@ def build_feature_set(backbone, saes: dict, scene_seed: int, rules: FeatureSetRu
             order = sorted(range(len(peaks)), key=lambda i: (-peaks[i], i))[: rules.n_images]
             for image_id in sorted(order):
                 token = int(torch.argmax(z[image_id, :, feature]))  # first maximum = lowest index
-                units.append({"layer": int(layer), "feature": int(feature), "image_id": int(image_id),
-                              "token": token})
-    return {"rules": asdict(rules), "scene_seed": scene_seed, "layers": stats, "units": units,
-            "units_sha256": units_sha256(units)}
+                units.append({"layer": int(layer), "feature": int(feature), "image_id": int(image_id), "token": token})
+    return {
+        "rules": asdict(rules),
+        "scene_seed": scene_seed,
+        "layers": stats,
+        "units": units,
+        "units_sha256": units_sha256(units),
+    }
 
 
 def write_feature_set(path: Path, doc: dict) -> None:
@@ -99,6 +104,8 @@ def read_feature_set(path: Path) -> dict:
     doc = json.loads(Path(path).read_text())
     actual = units_sha256(doc["units"])
     if actual != doc.get("units_sha256"):
-        raise ChecksumError(f"{path}: feature-set units do not match their checksum (got {actual[:12]}…); "
-                            "the file was edited: rebuild it with the builder")
+        raise ChecksumError(
+            f"{path}: feature-set units do not match their checksum (got {actual[:12]}…); "
+            "the file was edited: rebuild it with the builder"
+        )
     return doc

@@ -59,8 +59,15 @@ def step_masks(scores_bp: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
     return rank[:, None, :] < counts_t[None, :, None]  # (B, S+1, P)
 
 
-def compose(images_b3hw, baseline_b3hw, taken_np: torch.Tensor, unit_idx_n: torch.Tensor, protocol: str,
-            grid: tuple[int, int], patch_size: int) -> torch.Tensor:
+def compose(
+    images_b3hw,
+    baseline_b3hw,
+    taken_np: torch.Tensor,
+    unit_idx_n: torch.Tensor,
+    protocol: str,
+    grid: tuple[int, int],
+    patch_size: int,
+) -> torch.Tensor:
     """Perturbed images (N, 3, H, W): row n mixes unit ``unit_idx_n[n]``'s image and baseline by ``taken_np[n]``."""
     gh, gw = grid
     pix = taken_np.view(-1, 1, gh, 1, gw, 1).expand(-1, 1, gh, patch_size, gw, patch_size)
@@ -72,8 +79,14 @@ def compose(images_b3hw, baseline_b3hw, taken_np: torch.Tensor, unit_idx_n: torc
 
 
 @torch.no_grad()
-def run_curves(target, scores_bhw: torch.Tensor, protocol: str, steps: int, batch_size: int = 512,
-               endpoints: tuple[torch.Tensor, torch.Tensor] | None = None) -> Curves:
+def run_curves(
+    target,
+    scores_bhw: torch.Tensor,
+    protocol: str,
+    steps: int,
+    batch_size: int = 512,
+    endpoints: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> Curves:
     """Curves of every unit of ``target`` under ``protocol``, all perturbed images batched.
 
     Args:
@@ -106,8 +119,9 @@ def run_curves(target, scores_bhw: torch.Tensor, protocol: str, steps: int, batc
         out = []
         for lo in range(0, len(taken), batch_size):
             sl = slice(lo, lo + batch_size)
-            imgs = compose(target.images, target.baseline, taken[sl], unit_idx[sl], protocol,
-                           target.grid, target.patch_size)
+            imgs = compose(
+                target.images, target.baseline, taken[sl], unit_idx[sl], protocol, target.grid, target.patch_size
+            )
             out.append(target.activations(imgs, unit_idx[sl]))
         acts[:, todo] = torch.cat(out).view(b, len(todo))
     return Curves(counts=counts, fractions=counts / target.n_patches, activations=acts.cpu().numpy())

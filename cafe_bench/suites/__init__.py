@@ -71,8 +71,10 @@ class Suite:
         """{layer: SAE} on ``device``."""
         from cafe_bench.sae import load_sae
 
-        return {int(layer): load_sae(spec, self.path / spec["weights"]).to(self.device)
-                for layer, spec in self.manifest["saes"].items()}
+        return {
+            int(layer): load_sae(spec, self.path / spec["weights"]).to(self.device)
+            for layer, spec in self.manifest["saes"].items()
+        }
 
     def n_features(self, layer: int) -> int:
         """Dictionary size m of the SAE at ``layer``."""
@@ -89,15 +91,18 @@ class Suite:
         """Raise UnknownNameError naming the suite's layers if any of ``layers`` has no SAE."""
         bad = [layer for layer in layers if int(layer) not in self.layers]
         if bad:
-            raise UnknownNameError(f"suite {self.name!r} has no SAE at layer {bad[0]}; valid: "
-                                   f"{', '.join(map(str, self.layers))}")
+            raise UnknownNameError(
+                f"suite {self.name!r} has no SAE at layer {bad[0]}; valid: {', '.join(map(str, self.layers))}"
+            )
 
     def check_unit(self, unit: Unit) -> None:
         """Raise CafeBenchError if the unit's layer, feature or token is out of range."""
         self.check_layers([unit.layer])
         m = self.n_features(unit.layer)
         if not 0 <= unit.feature < m:
-            raise CafeBenchError(f"feature {unit.feature} out of range for the layer-{unit.layer} SAE; valid: 0..{m - 1}")
+            raise CafeBenchError(
+                f"feature {unit.feature} out of range for the layer-{unit.layer} SAE; valid: 0..{m - 1}"
+            )
         n_patches = self.backbone.n_patches
         if not 0 <= unit.token < n_patches:
             raise CafeBenchError(f"token {unit.token} out of range; valid: 0..{n_patches - 1}")

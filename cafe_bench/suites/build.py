@@ -22,8 +22,15 @@ from cafe_bench.training import ViTTrainConfig, scene_batch, train_vit
 
 TINY_MODEL_SPEC = {
     "library": "open_clip",
-    "vision_config": {"image_size": 64, "patch_size": 8, "width": 64, "layers": 6, "heads": 4,
-                      "mlp_ratio": 4.0, "output_dim": len(LABEL_NAMES)},
+    "vision_config": {
+        "image_size": 64,
+        "patch_size": 8,
+        "width": 64,
+        "layers": 6,
+        "heads": 4,
+        "mlp_ratio": 4.0,
+        "output_dim": len(LABEL_NAMES),
+    },
     "mean": [0.5, 0.5, 0.5],
     "std": [0.25, 0.25, 0.25],
 }
@@ -51,9 +58,16 @@ def collect_patch_tokens(backbone, layers, seed: int, n_images: int, batch_size:
     return {layer: torch.cat(chunks) for layer, chunks in out.items()}
 
 
-def build_tiny(out_dir: Path, vit_config: ViTTrainConfig = ViTTrainConfig(),
-               sae_config: SAETrainConfig = SAETrainConfig(), rules: FeatureSetRules = FeatureSetRules(),
-               n_sae_images: int = 3000, layers=TINY_LAYERS, seed: int = 0, progress: bool = True) -> dict:
+def build_tiny(
+    out_dir: Path,
+    vit_config: ViTTrainConfig = ViTTrainConfig(),
+    sae_config: SAETrainConfig = SAETrainConfig(),
+    rules: FeatureSetRules = FeatureSetRules(),
+    n_sae_images: int = 3000,
+    layers=TINY_LAYERS,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Build every file of the tiny suite into ``out_dir`` and return the training report."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +97,10 @@ def build_tiny(out_dir: Path, vit_config: ViTTrainConfig = ViTTrainConfig(),
         d_in = backbone.width
         d_sae = sae_config.expansion * d_in
         sae_specs[str(layer)] = {
-            "kind": "matryoshka_batchtopk", "d_in": d_in, "d_sae": d_sae, "k": sae_config.k,
+            "kind": "matryoshka_batchtopk",
+            "d_in": d_in,
+            "d_sae": d_sae,
+            "k": sae_config.k,
             "group_sizes": [d_sae // 2**i for i in reversed(range(sae_config.n_groups))],
             "weights": path.name,
         }
@@ -93,7 +110,7 @@ def build_tiny(out_dir: Path, vit_config: ViTTrainConfig = ViTTrainConfig(),
     manifest = {
         "name": "tiny",
         "description": "Embedded suite: an open_clip VisionTransformer trained on procedural scenes, "
-                       "Matryoshka BatchTopK SAEs on three layers, a frozen feature set.",
+        "Matryoshka BatchTopK SAEs on three layers, a frozen feature set.",
         "model": {**TINY_MODEL_SPEC, "weights": vit_path.name},
         "saes": sae_specs,
         "scenes": {"config": asdict(SceneConfig()), "seed": STREAMS["featureset"]},

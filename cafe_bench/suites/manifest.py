@@ -22,12 +22,15 @@ def file_sha256(path: Path) -> str:
 def verify_file(path: Path, expected: str) -> None:
     """Raise ChecksumError if ``path`` is missing or its SHA-256 differs from ``expected``."""
     if not path.exists():
-        raise ChecksumError(f"{path}: file listed in the suite manifest is missing; reinstall cafe_bench or rebuild the suite")
+        raise ChecksumError(
+            f"{path}: file listed in the suite manifest is missing; reinstall cafe_bench or rebuild the suite"
+        )
     actual = file_sha256(path)
     if actual != expected:
         raise ChecksumError(
             f"{path}: checksum mismatch (expected sha256 {expected[:12]}…, got {actual[:12]}…); "
-            "the file was changed: reinstall cafe_bench or rebuild the suite")
+            "the file was changed: reinstall cafe_bench or rebuild the suite"
+        )
 
 
 def write_json_atomic(path: Path, obj) -> None:

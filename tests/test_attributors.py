@@ -1,0 +1,128 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cafe_bench.attributors.base import Attributor, AttributorError
+from cafe_bench.attributors.registry import get_attributor, list_attributors, register_attributor
+from cafe_bench.errors import UnknownNameError
+
+BUILTINS = ["activation", "random", "gradient", "grad_x_input"]
+
+
+@pytest.mark.parametrize("name", list_attributors())
+def test_contract_shape_finite_deterministic(name, target):
+    method = get_attributor(name)
+    a = method.scores(target)
+    b = get_attributor(name).scores(target)
+    assert a.shape == (len(target), *target.grid)
+    assert a.dtype == torch.float32 and torch.isfinite(a).all()
+    assert torch.equal(a, b)  # deterministic, or seeded by the target's unit seeds
+
+
+@pytest.mark.parametrize("name", list_attributors())
+def test_scores_do_not_depend_on_the_batch(name, suite, mixed_units, target):
+    batched = get_attributor(name).scores(target)
+    for i, unit in enumerate(mixed_units[:3]):
+        alone = get_attributor(name).scores(suite.target([unit], seed=0))
+        torch.testing.assert_close(alone[0], batched[i], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list_attributors())
+def test_no_global_state_left_behind(name, target):
+    before = get_attributor("gradient").scores(target)
+    get_attributor(name).scores(target)
+    after = get_attributor("gradient").scores(target)
+    assert torch.equal(before, after)
+
+
+def test_random_scores_follow_the_run_seed(suite, mixed_units):
+    a = get_attributor("random").scores(suite.target(mixed_units[:2], seed=0))
+    b = get_attributor("random").scores(suite.target(mixed_units[:2], seed=1))
+    assert not torch.equal(a, b)
+
+
+def test_activation_ranks_the_unit_token_first(target):
+    scores = get_attributor("activation").scores(target).flatten(1)
+    tokens = torch.tensor([u.token for u in target.units])
+    assert torch.equal(scores.argmax(1), tokens)
+
+
+def test_gradient_matches_a_finite_difference(suite, mixed_units):
+    target = suite.target(mixed_units[:1])
+    grad_x = get_attributor("grad_x_input").scores(target)[0]
+    # grad x input summed over the image is the directional derivative along the image itself
+    eps = 1e-3
+    with torch.no_grad():
+        up = target.forward(target.images * (1 + eps))
+        down = target.forward(target.images * (1 - eps))
+    fd = float((up - down) / (2 * eps))
+    assert grad_x.sum().item() == pytest.approx(fd, rel=2e-2, abs=1e-3)
+
+
+def test_list_attributors_filters_with_wildcards():
+    assert set(BUILTINS) <= set(list_attributors())
+    assert list_attributors("*grad*") == ["grad_x_input", "gradient"]
+
+
+def test_unknown_method_suggests_and_lists():
+    with pytest.raises(UnknownNameError, match=r"did you mean 'gradient'.*valid: .*activation"):
+        get_attributor("gradiant")
+
+
+def test_duplicate_name_is_refused():
+    with pytest.raises(ValueError, match="already registered"):
+
+        @register_attributor("gradient")
+        class Other(Attributor):
+            def attribute(self, target):
+                return torch.zeros(len(target), *target.grid)
+
+
+class _Bad(Attributor):
+    name = "bad"
+
+    def __init__(self, result):
+        self.result = result
+
+    def attribute(self, target):
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result(target)
+
+
+@pytest.mark.parametrize(
+    "result, message",
+    [
+        (lambda t: torch.full((len(t), *t.grid), float("nan")), "non-finite"),
+        (lambda t: torch.zeros(len(t), 3, 3), "expected scores of shape"),
+        (lambda t: torch.zeros(len(t) + 1, *t.grid), "maps for"),
+        (lambda t: torch.zeros(len(t), *t.grid, dtype=torch.long), "dtype"),
+        (RuntimeError("boom"), "raised RuntimeError: boom"),
+    ],
+)
+def test_contract_violations_are_reported_with_the_method_name(target, result, message):
+    with pytest.raises(AttributorError, match=message) as info:
+        _Bad(result).scores(target)
+    assert "'bad'" in str(info.value)
+
+
+def test_pixel_relevance_is_pooled_by_summing_inside_patches(target):
+    gh, gw = target.grid
+    p = target.patch_size
+    pixel = torch.zeros(len(target), 3, gh * p, gw * p)
+    pixel[:, 0, 0, 0] = 1.0
+    pixel[:, 2, p - 1, p - 1] = 2.0
+    pixel[:, 1, p, 0] = 5.0  # first pixel of patch row 1
+    pooled = target.pool(pixel)
+    assert pooled.shape == (len(target), gh, gw)
+    assert pooled[:, 0, 0].tolist() == [3.0] * len(target)
+    assert pooled[:, 1, 0].tolist() == [5.0] * len(target)
+    assert pooled.sum().item() == pytest.approx(8.0 * len(target))
+
+
+def test_import_is_cheap():
+    code = "import sys, cafe_bench; print(any(m in sys.modules for m in ('torch', 'captum', 'shap', 'lxt')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

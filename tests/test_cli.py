@@ -1,0 +1,50 @@
+import subprocess
+import sys
+
+import pytest
+
+from cafe_bench.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--methods", "activation,nope"], "unknown method 'nope'"),
+        (["run", "--layers", "2"], "no SAE at layer 2; valid: 1, 3, 5"),
+        (["run", "--protocols", "insert"], "unknown protocol 'insert'; valid: insertion, deletion"),
+        (["run", "--baseline", "gray"], "unknown baseline 'gray'; valid: blur, mean, zero"),
+        (["run", "--suite", "huge"], "unknown suite 'huge'; valid: tiny"),
+        (["run", "--device", "tpu"], "unknown device 'tpu'; valid: auto, cpu, cuda"),
+        (["run", "--steps", "0"], "steps must be a positive integer"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line_and_write_nothing(argv, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_run_prints_the_leaderboard_and_writes_the_store(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "--methods", "activation,random", "--layers", "3", "--out", str(out), "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert "insertion AUC (95% CI)" in table and "deletion AUC (95% CI)" in table
+    assert table.count("| activation") == 1 and table.count("| random") == 1
+    assert (out / "results.jsonl").exists() and (out / "run.json").exists()
+    assert main(["run", "--methods", "activation,random", "--layers", "3", "--out", str(out), "--no-progress"]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+
+
+def test_methods_lists_the_registry(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ["activation", "random", "gradient", "grad_x_input"]:
+        assert name in out
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "cafe_bench.cli", "run", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--resume" in out.stdout and "--baseline" in out.stdout

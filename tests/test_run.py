@@ -1,0 +1,130 @@
+import json
+import math
+
+import pandas as pd
+import pytest
+
+import cafe_bench
+from cafe_bench.errors import RunConfigError
+from cafe_bench.store import read_records, record_key
+
+FAST = {"methods": ["activation", "random"], "layers": [1], "progress": False}
+
+
+def test_same_seed_gives_an_identical_results_file(tmp_path):
+    cafe_bench.run("tiny", out=tmp_path / "a", seed=3, **FAST)
+    cafe_bench.run("tiny", out=tmp_path / "b", seed=3, **FAST)
+    cafe_bench.run("tiny", out=tmp_path / "c", seed=4, **FAST)
+    a = (tmp_path / "a" / "results.jsonl").read_bytes()
+    assert a == (tmp_path / "b" / "results.jsonl").read_bytes()
+    assert a != (tmp_path / "c" / "results.jsonl").read_bytes()  # the random control moved
+
+
+def test_records_carry_the_documented_fields_and_reproduce_their_auc(tmp_path, suite):
+    df = cafe_bench.run("tiny", out=tmp_path, **FAST)
+    assert len(df) == len(suite.units([1])) * 2 * 2
+    required = {
+        "suite",
+        "layer",
+        "feature",
+        "image_id",
+        "token",
+        "method",
+        "protocol",
+        "baseline",
+        "fractions",
+        "curve",
+        "auc",
+        "clean_activation",
+        "status",
+    }
+    assert required <= set(df.columns)
+    row = df.iloc[0]
+    assert row["status"] == "ok" and len(row["curve"]) == row["steps"] + 1
+    assert cafe_bench.stats.auc(row["fractions"], row["curve"]) == row["auc"]
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["status"] == "finished"
+    assert run["config"]["suite_files"] == suite.hashes
+    assert run["provenance"]["libraries"]["torch"]
+    assert {"cafe_bench_version", "git_commit", "device", "torch_threads"} <= set(run["provenance"])
+
+
+def test_insertion_of_a_causal_ranking_beats_random(tmp_path):
+    df = cafe_bench.run("tiny", methods=["activation", "random"], protocols=["insertion"], progress=False)
+    means = df.groupby("method")["auc"].mean()
+    assert means["activation"] > means["random"]
+
+
+def test_killed_run_resumes_without_losing_finished_work(tmp_path):
+    full = cafe_bench.run("tiny", out=tmp_path / "full", **FAST)
+    out = tmp_path / "killed"
+    cafe_bench.run("tiny", out=out, **FAST)
+    path = out / "results.jsonl"
+    lines = path.read_bytes().split(b"\n")
+    kept = lines[:10]
+    path.write_bytes(b"\n".join(kept) + b"\n" + lines[10][:25])  # a batch cut mid-line
+    with pytest.warns(UserWarning, match="partially written last line"):
+        resumed = cafe_bench.run("tiny", out=out, resume=True, **FAST)
+    assert len(resumed) == len(full)
+    stored = read_records(path)
+    assert [json.dumps(r, sort_keys=True) for r in stored[:10]] == [line.decode() for line in kept]
+    assert len({record_key(r) for r in stored}) == len(stored)
+    by_key = {record_key(r): r for r in read_records(tmp_path / "full" / "results.jsonl")}
+    for rec in stored:
+        assert rec["auc"] == pytest.approx(by_key[record_key(rec)]["auc"], rel=1e-6)
+
+
+def test_resume_of_a_finished_run_computes_nothing(tmp_path, monkeypatch):
+    cafe_bench.run("tiny", out=tmp_path, **FAST)
+    before = (tmp_path / "results.jsonl").read_bytes()
+    import cafe_bench.runner as runner
+
+    monkeypatch.setattr(runner, "run_curves", lambda *a, **k: pytest.fail("recomputed a finished curve"))
+    cafe_bench.run("tiny", out=tmp_path, resume=True, **FAST)
+    assert (tmp_path / "results.jsonl").read_bytes() == before
+
+
+def test_a_different_config_is_refused_and_nothing_is_written(tmp_path):
+    cafe_bench.run("tiny", out=tmp_path, **FAST)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for kwargs in [{"baseline": "zero"}, {"seed": 9}, {}]:
+        with pytest.raises(RunConfigError):
+            cafe_bench.run("tiny", out=tmp_path, **{**FAST, **kwargs})
+    with pytest.raises(RunConfigError, match="different config"):
+        cafe_bench.run("tiny", out=tmp_path, resume=True, **{**FAST, "baseline": "zero"})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_dead_unit_is_skipped_with_a_reason_not_divided_by_zero(tmp_path, suite, dead_unit):
+    live = suite.units([dead_unit.layer])[0]
+    df = cafe_bench.run("tiny", methods=["activation"], units=[live, dead_unit], progress=False)
+    dead = df[df["token"] == dead_unit.token]
+    assert (dead["status"].str.contains("dead feature")).all()
+    assert dead["auc"].isna().all() and (dead["clean_activation"] == 0).all()
+    ok = df[df["token"] == live.token]
+    assert (ok["status"] == "ok").all() and ok["auc"].map(math.isfinite).all()
+
+
+def test_baselines_change_the_numbers(tmp_path):
+    kwargs = {**FAST, "methods": ["activation"], "protocols": ["deletion"]}
+    blur = cafe_bench.run("tiny", **kwargs)
+    zero = cafe_bench.run("tiny", baseline="zero", **kwargs)
+    assert not blur["auc"].equals(zero["auc"])
+    assert (zero["baseline"] == "zero").all()
+
+
+def test_failing_method_is_recorded_and_others_continue(monkeypatch):
+    from cafe_bench.attributors.gradient import GradientAttributor
+
+    monkeypatch.setattr(GradientAttributor, "attribute", lambda self, t: 1 / 0)
+    df = cafe_bench.run("tiny", methods=["gradient", "activation"], layers=[1], protocols=["insertion"], progress=False)
+    assert df[df["method"] == "gradient"]["status"].str.startswith("failed: attributor 'gradient' raised").all()
+    assert (df[df["method"] == "activation"]["status"] == "ok").all()
+
+
+def test_summary_has_one_row_per_method_layer_protocol(tmp_path):
+    df = cafe_bench.run("tiny", **FAST)
+    summary = cafe_bench.summarize(df, n_resamples=200)
+    assert len(summary) == 2 * 1 * 2
+    assert (summary["ci_low"] <= summary["mean"]).all() and (summary["mean"] <= summary["ci_high"]).all()
+    assert isinstance(summary, pd.DataFrame)
