@@ -74,7 +74,7 @@ def _cmd_run(args) -> int:
         resume=args.resume,
         progress=not args.no_progress,
     )
-    print(render_markdown(summarize(records, seed=args.seed)))
+    print(render_markdown(summarize(records, seed=args.seed)), flush=True)
     failed = records[records["status"].str.startswith("failed")]
     if len(failed):
         print(f"{len(failed)} records failed; see their status in {args.out or 'the records'}", file=sys.stderr)

@@ -46,13 +46,15 @@ def _logits(backbone, images):
 
 @torch.no_grad()
 def evaluate(backbone, images, labels, batch_size: int = 500) -> dict:
-    """Per-head and mean accuracy of thresholded logits."""
+    """Per-head and mean accuracy of thresholded logits, and the majority-class accuracy to beat."""
     backbone.eval()
     preds = torch.cat([_logits(backbone, images[i : i + batch_size]) > 0 for i in range(0, len(images), batch_size)])
     per_head = (preds == (labels > 0.5)).float().mean(0)
+    rate = (labels > 0.5).float().mean(0)  # accuracy of always guessing the majority class, per head
     return {
         "mean_accuracy": round(float(per_head.mean()), 4),
         "per_head": {n: round(float(a), 4) for n, a in zip(LABEL_NAMES, per_head, strict=True)},
+        "majority_class_accuracy": round(float(torch.maximum(rate, 1 - rate).mean()), 4),
     }
 
 
