@@ -33,6 +33,11 @@ __all__ = ["__version__", *_LAZY]
 
 def __getattr__(name: str):
     if name not in _LAZY:
+        try:  # submodules, e.g. cafe_bench.stats
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
         raise AttributeError(f"module 'cafe_bench' has no attribute {name!r}")
     module, attr = _LAZY[name].split(":")
     value = getattr(importlib.import_module(module), attr)

@@ -126,3 +126,30 @@ def test_import_is_cheap():
     code = "import sys, cafe_bench; print(any(m in sys.modules for m in ('torch', 'captum', 'shap', 'lxt')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_entry_point_plugins_are_found_and_run(monkeypatch, target):
+    from importlib.metadata import EntryPoint
+
+    import cafe_bench.attributors.registry as registry
+
+    class FakeDist:
+        name, version = "my-plugin", "1.2.3"
+
+    class Plugin(Attributor):
+        """Scores each patch by its row index."""
+
+        def attribute(self, target):
+            gh, gw = target.grid
+            return torch.arange(gh, dtype=torch.float32).view(1, gh, 1).expand(len(target), gh, gw)
+
+    monkeypatch.setattr(registry, "_Plugin", Plugin, raising=False)
+    ep = EntryPoint(name="row_plugin", value=f"{registry.__name__}:_Plugin", group=registry.ENTRY_POINT_GROUP)
+    ep = ep._for(FakeDist())  # what importlib.metadata does for an installed distribution
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ep] if group == registry.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
+    assert "row_plugin" in list_attributors()
+    scores = get_attributor("row_plugin").scores(target)
+    assert scores[0, :, 0].tolist() == list(range(target.grid[0]))
+    assert registry.attributor_source("row_plugin") == "my-plugin 1.2.3"

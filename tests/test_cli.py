@@ -48,3 +48,19 @@ def test_methods_lists_the_registry(capsys):
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "cafe_bench.cli", "run", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--resume" in out.stdout and "--baseline" in out.stdout
+
+
+def test_tampered_suite_exits_2_and_writes_nothing(suite, tmp_path, capsys):
+    import shutil
+
+    dst = tmp_path / "suite"
+    shutil.copytree(suite.path, dst)
+    sae = dst / "sae_layer3.safetensors"
+    data = bytearray(sae.read_bytes())
+    data[100] ^= 0x01
+    sae.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    assert main(["run", "--suite", str(dst), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "sae_layer3.safetensors: checksum mismatch" in err and err.count("\n") == 1
+    assert not out.exists()
