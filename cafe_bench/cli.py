@@ -20,8 +20,15 @@ def _layers(value: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"layers must be comma-separated integers, got {value!r}") from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2), like the rest of the command."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cafe-bench",
         description="Causal insertion/deletion benchmarks for attribution methods that explain SAE features "
         "of vision transformers.",
@@ -115,6 +122,9 @@ def main(argv=None) -> int:
     except CafeBenchError as exc:
         print(f"cafe-bench: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("cafe-bench: interrupted; finished batches are stored, continue with --resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

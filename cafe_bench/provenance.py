@@ -29,6 +29,13 @@ def package_git_commit() -> str | None:
     """Commit of the cafe_bench checkout this code runs from (suffix ``-dirty`` if modified), or None."""
     root = Path(__file__).resolve().parent.parent
     try:
+        # only when this very file is tracked there: an installed copy inside another repository has no commit
+        subprocess.run(
+            ["git", "-C", str(root), "ls-files", "--error-unmatch", "cafe_bench/provenance.py"],
+            capture_output=True,
+            timeout=5,
+            check=True,
+        )
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()

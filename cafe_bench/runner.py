@@ -10,12 +10,12 @@ import torch
 from tqdm.auto import tqdm
 
 from cafe_bench.attributors.base import AttributorError
-from cafe_bench.attributors.registry import get_attributor, list_attributors
+from cafe_bench.attributors.registry import get_attributor
 from cafe_bench.errors import CafeBenchError, RunConfigError, UnknownNameError
 from cafe_bench.protocols.baselines import BASELINES
 from cafe_bench.protocols.engine import PROTOCOLS, check_protocol, normalised, run_curves
 from cafe_bench.stats import auc
-from cafe_bench.store import RunStore, check_out_dir, open_store, record_key
+from cafe_bench.store import RunStore, open_store, record_key
 
 DEFAULT_METHODS = ("activation", "random", "gradient", "grad_x_input")
 """Methods run when none are named."""
@@ -42,12 +42,8 @@ def _as_list(value, default) -> list:
     return list(value)
 
 
-def build_config(suite, methods, protocols, layers, baseline, steps, seed) -> dict:
-    """Validate the choices against the suite and the registries; the config recorded in run.json."""
-    names = list_attributors()
-    for m in methods:
-        if m not in names:
-            get_attributor(m)  # raises with the valid names
+def build_config(suite, attributors: dict, protocols, layers, baseline, steps, seed) -> dict:
+    """Validate the choices against the suite; the config recorded in run.json."""
     for p in protocols:
         check_protocol(p)
     suite.check_layers(layers)
@@ -58,8 +54,8 @@ def build_config(suite, methods, protocols, layers, baseline, steps, seed) -> di
     return {
         "suite": suite.name,
         "suite_files": suite.hashes,
-        "methods": list(methods),
-        "method_params": {m: get_attributor(m).params() for m in methods},
+        "methods": list(attributors),
+        "method_params": {m: a.params() for m, a in attributors.items()},
         "protocols": list(protocols),
         "layers": [int(layer) for layer in layers],
         "baseline": baseline,
@@ -152,7 +148,8 @@ def run(
     layers = [int(layer) for layer in _as_list(layers, suite.layers)]
     baseline = baseline or suite.protocol_defaults["baseline"]
     steps = int(steps if steps is not None else suite.protocol_defaults["steps"])
-    config = build_config(suite, methods, protocols, layers, baseline, steps, seed)
+    attributors = {m: get_attributor(m) for m in methods}  # unknown names raise here, listing the valid ones
+    config = build_config(suite, attributors, protocols, layers, baseline, steps, seed)
     if units is None:
         units = suite.units(layers)
     else:
@@ -161,11 +158,9 @@ def run(
             suite.check_unit(unit)
         config["units"] = [list(u.key()) for u in units]
     if out is not None:
-        check_out_dir(Path(out), config, resume)  # fail before anything is written
-        store = open_store(Path(out), config, collect(device), resume)
+        store = open_store(Path(out), config, collect(device), resume)  # checks the directory before writing
     else:
         store = RunStore(None, set())
-    attributors = {m: get_attributor(m) for m in methods}
     all_records, timings = [], {m: 0.0 for m in methods}
     started = time.perf_counter()
     bar = tqdm(

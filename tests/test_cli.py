@@ -64,3 +64,12 @@ def test_tampered_suite_exits_2_and_writes_nothing(suite, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "sae_layer3.safetensors: checksum mismatch" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv", [["run", "--steps", "many"], ["run", "--layers", "one"], ["frobnicate"]])
+def test_argument_errors_are_one_line_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err
