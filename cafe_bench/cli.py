@@ -59,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--resume", action="store_true", help="continue the run stored in --out, skipping finished work")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    val = sub.add_parser(
+        "validate-attributor",
+        help="check a method against the contract; exit 1 on any failure",
+        description="Run an attributor on a few units and check output shape and dtype, finiteness, "
+        "determinism under a seed, batch independence, that it leaves no global state "
+        "behind, and its time per unit.",
+    )
+    val.add_argument("name", help="registered method name (see `cafe-bench methods`)")
+    val.add_argument("--suite", default="tiny", help="suite to validate on (default: tiny)")
+    val.add_argument("--units", type=int, default=6, help="units to run (default: 6)")
     sub.add_parser("methods", help="list registered attribution methods with their source")
     sub.add_parser("suites", help="list built-in suites")
     return parser
@@ -90,6 +100,17 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_validate(args) -> int:
+    from cafe_bench.validate import validate_attributor
+
+    checks = validate_attributor(args.name, suite=args.suite, n_units=args.units)
+    for check in checks:
+        print(f"{'PASS' if check.passed else 'FAIL'}  {check.name:<26} {check.detail}")
+    failed = [c for c in checks if not c.passed]
+    print(f"{args.name}: {'FAILED ' + str(len(failed)) + ' check(s)' if failed else 'all checks passed'}")
+    return 1 if failed else 0
+
+
 def _cmd_methods(_args) -> int:
     from cafe_bench.attributors.registry import attributor_class, attributor_source, list_attributors
 
@@ -114,7 +135,7 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handlers = {"run": _cmd_run, "methods": _cmd_methods, "suites": _cmd_suites}
+    handlers = {"run": _cmd_run, "validate-attributor": _cmd_validate, "methods": _cmd_methods, "suites": _cmd_suites}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

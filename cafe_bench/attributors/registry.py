@@ -15,13 +15,15 @@ from cafe_bench.errors import UnknownNameError
 
 ENTRY_POINT_GROUP = "cafe_bench.attributors"
 
-_BUILTIN_MODULES = {
-    "activation": "cafe_bench.attributors.basic",
-    "random": "cafe_bench.attributors.basic",
-    "gradient": "cafe_bench.attributors.gradient",
-    "grad_x_input": "cafe_bench.attributors.gradient",
+_BUILTINS = {
+    "activation": "cafe_bench.attributors.basic:ActivationAttributor",
+    "random": "cafe_bench.attributors.basic:RandomAttributor",
+    "gradient": "cafe_bench.attributors.gradient:GradientAttributor",
+    "grad_x_input": "cafe_bench.attributors.gradient:GradXInputAttributor",
+    "cp_lrp": "cafe_bench.attributors.lrp:CPLRPAttributor",
+    "attnlrp": "cafe_bench.attributors.lrp:AttnLRPAttributor",
 }
-"""Built-in name -> module that registers it; imported on first use so ``import cafe_bench`` stays cheap."""
+"""Built-in name -> ``module:Class``; imported on first use so ``import cafe_bench`` stays cheap."""
 
 _REGISTRY: dict[str, type] = {}
 _SOURCES: dict[str, str] = {}
@@ -50,7 +52,7 @@ def _entry_points() -> dict:
 
 
 def _all_names() -> list[str]:
-    return sorted(set(_BUILTIN_MODULES) | set(_REGISTRY) | set(_entry_points()))
+    return sorted(set(_BUILTINS) | set(_REGISTRY) | set(_entry_points()))
 
 
 def list_attributors(pattern: str = "*") -> list[str]:
@@ -65,8 +67,9 @@ def list_attributors(pattern: str = "*") -> list[str]:
 def attributor_class(name: str) -> type:
     """The class registered as ``name``; raises UnknownNameError listing the valid names."""
     if name not in _REGISTRY:
-        if name in _BUILTIN_MODULES:
-            importlib.import_module(_BUILTIN_MODULES[name])
+        if name in _BUILTINS:
+            module, attr = _BUILTINS[name].split(":")
+            register_attributor(name)(getattr(importlib.import_module(module), attr))
         else:
             eps = _entry_points()
             if name in eps:
