@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         type=_csv,
         default=None,
-        help="comma-separated attributors (default: activation,random,gradient,grad_x_input; see `cafe-bench methods`)",
+        help="comma-separated attributors (default: every built-in; see `cafe-bench methods`)",
     )
     run.add_argument("--protocols", type=_csv, default=None, help="insertion,deletion (default: both)")
     run.add_argument("--layers", type=_layers, default=None, help="comma-separated SAE layers (default: all)")
@@ -112,12 +112,16 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_methods(_args) -> int:
-    from cafe_bench.attributors.registry import attributor_class, attributor_source, list_attributors
+    from cafe_bench.attributors.registry import attributor_source, get_attributor, list_attributors
 
+    n_patches = 64  # the tiny suite's 8 x 8 grid
+    print(f"{'method':<22} {'passes/unit (P=64)':<20} {'source':<28} description")
     for name in list_attributors():
-        cls = attributor_class(name)
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        print(f"{name:<22} {attributor_source(name):<50} {doc}")
+        method = get_attributor(name)
+        cost = method.cost(n_patches)
+        doc = (type(method).__doc__ or "").strip().splitlines()
+        passes = f"{cost.forward} fwd + {cost.backward} bwd"
+        print(f"{name:<22} {passes:<20} {attributor_source(name):<28} {doc[0] if doc else ''}")
     return 0
 
 

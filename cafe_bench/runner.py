@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,19 @@ from cafe_bench.protocols.engine import PROTOCOLS, check_protocol, normalised, r
 from cafe_bench.stats import auc
 from cafe_bench.store import RunStore, open_store, record_key
 
-DEFAULT_METHODS = ("activation", "random", "gradient", "grad_x_input")
-"""Methods run when none are named."""
+DEFAULT_METHODS = (
+    "activation",
+    "random",
+    "gradient",
+    "grad_x_input",
+    "integrated_gradients",
+    "smoothgrad",
+    "occlusion",
+    "kernel_shap",
+    "cp_lrp",
+    "attnlrp",
+)
+"""Methods run when none are named: every built-in (plugins run when named)."""
 NORMALISATION = "z_k(perturbed) / z_k(clean), no clipping"
 AUC_RULE = "trapezoid over the fraction of patches, both ends included"
 
@@ -56,6 +68,7 @@ def build_config(suite, attributors: dict, protocols, layers, baseline, steps, s
         "suite_files": suite.hashes,
         "methods": list(attributors),
         "method_params": {m: a.params() for m, a in attributors.items()},
+        "method_costs": {m: asdict(a.cost(suite.backbone.n_patches)) for m, a in attributors.items()},
         "protocols": list(protocols),
         "layers": [int(layer) for layer in layers],
         "baseline": baseline,
@@ -121,7 +134,7 @@ def run(
 
     Args:
         suite: a built-in suite name or a loaded ``Suite`` (default ``"tiny"``).
-        methods: attributor names (default: activation, random, gradient, grad_x_input).
+        methods: attributor names (default: every built-in, see ``DEFAULT_METHODS``).
         protocols: ``insertion`` and/or ``deletion`` (default both).
         layers: SAE layers to run (default all of the suite's).
         baseline: ``blur`` (suite default), ``mean`` or ``zero``.

@@ -63,7 +63,7 @@ def test_gradient_matches_a_finite_difference(suite, mixed_units):
 
 def test_list_attributors_filters_with_wildcards():
     assert set(BUILTINS) <= set(list_attributors())
-    assert list_attributors("*grad*") == ["grad_x_input", "gradient"]
+    assert list_attributors("*grad*") == ["grad_x_input", "gradient", "integrated_gradients", "smoothgrad"]
 
 
 def test_unknown_method_suggests_and_lists():

@@ -39,8 +39,8 @@ class Attributor(abc.ABC):
     deterministic: ClassVar[bool] = True
     """False if scores depend on randomness (then they must depend only on ``target.seeds``)."""
 
-    def cost(self) -> Cost:
-        """Passes per unit (default: one forward)."""
+    def cost(self, n_patches: int) -> Cost:
+        """Passes per unit on a grid of ``n_patches`` patches (default: one forward)."""
         return Cost()
 
     def params(self) -> dict:

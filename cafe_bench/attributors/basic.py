@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cafe_bench.attributors.base import Attributor
+from cafe_bench.attributors.base import Attributor, Cost
 from cafe_bench.attributors.registry import register_attributor
 
 
@@ -23,9 +23,7 @@ class RandomAttributor(Attributor):
 
     deterministic = False
 
-    def cost(self):
-        from cafe_bench.attributors.base import Cost
-
+    def cost(self, n_patches: int) -> Cost:
         return Cost(forward=0, backward=0)
 
     def attribute(self, target) -> torch.Tensor:

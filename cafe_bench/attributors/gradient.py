@@ -23,7 +23,7 @@ class GradientAttributor(Attributor):
 
     needs_grad = True
 
-    def cost(self) -> Cost:
+    def cost(self, n_patches: int) -> Cost:
         return Cost(forward=1, backward=1)
 
     def attribute(self, target) -> torch.Tensor:
@@ -36,7 +36,7 @@ class GradXInputAttributor(Attributor):
 
     needs_grad = True
 
-    def cost(self) -> Cost:
+    def cost(self, n_patches: int) -> Cost:
         return Cost(forward=1, backward=1)
 
     def attribute(self, target) -> torch.Tensor:

@@ -15,7 +15,7 @@ class _LRP(Attributor):
     needs_grad = True
     rules = "cp"
 
-    def cost(self) -> Cost:
+    def cost(self, n_patches: int) -> Cost:
         return Cost(forward=1, backward=1)
 
     def attribute(self, target):

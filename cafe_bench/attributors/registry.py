@@ -20,6 +20,10 @@ _BUILTINS = {
     "random": "cafe_bench.attributors.basic:RandomAttributor",
     "gradient": "cafe_bench.attributors.gradient:GradientAttributor",
     "grad_x_input": "cafe_bench.attributors.gradient:GradXInputAttributor",
+    "integrated_gradients": "cafe_bench.attributors.captum_methods:IntegratedGradientsAttributor",
+    "smoothgrad": "cafe_bench.attributors.captum_methods:SmoothGradAttributor",
+    "occlusion": "cafe_bench.attributors.captum_methods:OcclusionAttributor",
+    "kernel_shap": "cafe_bench.attributors.kernel_shap:KernelShapAttributor",
     "cp_lrp": "cafe_bench.attributors.lrp:CPLRPAttributor",
     "attnlrp": "cafe_bench.attributors.lrp:AttnLRPAttributor",
 }
@@ -91,6 +95,11 @@ def get_attributor(name: str, **params):
 
 
 def attributor_source(name: str) -> str:
-    """Where ``name`` comes from: ``module:Class`` for built-ins, ``distribution version`` for plugins."""
-    attributor_class(name)
+    """Where ``name`` comes from: ``cafe-bench VERSION (built-in)``, ``distribution version`` for an installed
+    plugin, ``module:Class`` for a class registered in-process."""
+    cls = attributor_class(name)
+    if name in _BUILTINS and _BUILTINS[name] == f"{cls.__module__}:{cls.__qualname__}":
+        from cafe_bench import __version__
+
+        return f"cafe-bench {__version__} (built-in)"
     return _SOURCES[name]

@@ -1,0 +1,189 @@
+"""Attribution methods from captum: integrated gradients, SmoothGrad and single-patch occlusion.
+
+Every method calls captum with the forward function ``(images, unit_idx) -> z_k`` and passes the unit
+index of each input row as an additional forward argument; captum expands it together with the inputs
+(interpolation steps, noise samples and ablations), so each row is always evaluated for its own unit.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from captum.attr import FeatureAblation, IntegratedGradients, NoiseTunnel, Saliency
+
+from cafe_bench.attributors.base import Attributor, Cost
+from cafe_bench.attributors.registry import register_attributor
+
+
+def _forward_func(target):
+    """captum's view of the target: z_k of row n for unit ``unit_idx[n]``."""
+
+    def forward(images: torch.Tensor, unit_idx: torch.Tensor) -> torch.Tensor:
+        return target.activations(images, unit_idx)
+
+    return forward
+
+
+def _unit_index(target) -> torch.Tensor:
+    return torch.arange(len(target), device=target.device)
+
+
+def patch_mask(target) -> torch.Tensor:
+    """(1, 1, H, W) long: the row-major patch index of every pixel (captum's ``feature_mask``)."""
+    gh, gw = target.grid
+    p = target.patch_size
+    ids = torch.arange(gh * gw, device=target.device).view(gh, gw)
+    return ids.repeat_interleave(p, 0).repeat_interleave(p, 1)[None, None]
+
+
+@contextmanager
+def seeded_torch_rng(seed: int, device: torch.device):
+    """Draw from torch's generators seeded with ``seed`` (CPU and ``device``); the global RNG state is restored
+    on exit, so nothing outside sees the draws."""
+    device = torch.device(device)
+    seed = int(seed)
+    if device.type == "cpu":
+        fork = torch.random.fork_rng(devices=[])
+    elif device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        fork = torch.random.fork_rng(devices=[index], device_type="cuda")
+    else:
+        fork = torch.random.fork_rng(device_type=device.type)
+    with fork:
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        elif device.type != "cpu":
+            torch.manual_seed(seed)
+        yield
+
+
+def integrated_gradients(
+    target,
+    n_steps: int = 32,
+    method: str = "gausslegendre",
+    internal_batch_size: int = 64,
+    return_convergence_delta: bool = False,
+):
+    """captum integrated gradients of every unit from its baseline image, pixel level (B, 3, H, W).
+
+    With ``return_convergence_delta`` also returns captum's delta per unit: sum of the attributions minus
+    (z_k(image) - z_k(baseline)).
+    """
+    ig = IntegratedGradients(_forward_func(target), multiply_by_inputs=True)
+    with torch.enable_grad():
+        return ig.attribute(
+            target.images,
+            baselines=target.baseline,
+            additional_forward_args=(_unit_index(target),),
+            n_steps=n_steps,
+            method=method,
+            internal_batch_size=max(int(internal_batch_size), len(target)),
+            return_convergence_delta=return_convergence_delta,
+        )
+
+
+@register_attributor("integrated_gradients")
+class IntegratedGradientsAttributor(Attributor):
+    """Integrated gradients (captum) from the protocol's baseline image, summed inside each patch.
+
+    Pixel relevance (x - baseline) * mean of d z_k / d pixel along the straight path from the baseline,
+    signed. The SAE's inference threshold makes z_k jump at the threshold; gradients do not see the jump,
+    so where z_k(baseline) is 0 the attributions sum to z_k(image) - z_k(baseline) minus about the threshold.
+
+    Args:
+        n_steps: points on the path (default 32).
+        method: captum's quadrature rule (default ``"gausslegendre"``; ``"riemann_trapezoid"`` etc.).
+        internal_batch_size: images per forward/backward pass (default 64; at least the number of units).
+    """
+
+    needs_grad = True
+
+    def __init__(self, n_steps: int = 32, method: str = "gausslegendre", internal_batch_size: int = 64):
+        self.n_steps = int(n_steps)
+        self.method = method
+        self.internal_batch_size = int(internal_batch_size)
+
+    def cost(self, n_patches: int) -> Cost:
+        return Cost(forward=self.n_steps, backward=self.n_steps)
+
+    def attribute(self, target) -> torch.Tensor:
+        return integrated_gradients(target, self.n_steps, self.method, self.internal_batch_size)
+
+
+@register_attributor("smoothgrad")
+class SmoothGradAttributor(Attributor):
+    """SmoothGrad (captum NoiseTunnel over Saliency): mean |d z_k / d pixel| under Gaussian pixel noise.
+
+    Pixel relevance, summed over channels and inside each patch. Noise is drawn from each unit's seed, one
+    unit at a time, so a unit's scores do not depend on the batch; the global torch RNG state is left as it was.
+
+    Args:
+        nt_samples: noisy copies of the image per unit (default 16).
+        stdevs: standard deviation of the noise in pixel units, images being in [0, 1] (default 0.1).
+    """
+
+    needs_grad = True
+    deterministic = False
+
+    def __init__(self, nt_samples: int = 16, stdevs: float = 0.1):
+        self.nt_samples = int(nt_samples)
+        self.stdevs = float(stdevs)
+
+    def cost(self, n_patches: int) -> Cost:
+        return Cost(forward=self.nt_samples, backward=self.nt_samples)
+
+    def attribute(self, target) -> torch.Tensor:
+        tunnel = NoiseTunnel(Saliency(_forward_func(target)))
+        maps = []
+        for i, seed in enumerate(target.seeds):
+            idx = torch.tensor([i], device=target.device)
+            with seeded_torch_rng(seed, target.device), torch.enable_grad():
+                maps.append(
+                    tunnel.attribute(
+                        target.images[i : i + 1],
+                        nt_type="smoothgrad",
+                        nt_samples=self.nt_samples,
+                        stdevs=self.stdevs,
+                        additional_forward_args=(idx,),
+                        abs=True,
+                    )
+                )
+        return torch.cat(maps)
+
+
+@register_attributor("occlusion")
+class OcclusionAttributor(Attributor):
+    """Occlusion (captum FeatureAblation): z_k(image) - z_k(image with one patch set to the baseline).
+
+    One patch at a time is replaced by the protocol's baseline image; the score of a patch is the drop in
+    z_k it causes (signed).
+
+    Args:
+        perturbations_per_eval: ablated patches per forward pass; a pass holds this many images per unit
+            (default 16).
+    """
+
+    def __init__(self, perturbations_per_eval: int = 16):
+        self.perturbations_per_eval = int(perturbations_per_eval)
+
+    def cost(self, n_patches: int) -> Cost:
+        """P + 1 forward passes per unit on a grid of P = ``n_patches`` patches: the clean image once, then each
+        patch ablated."""
+        return Cost(forward=int(n_patches) + 1, backward=0)
+
+    def attribute(self, target) -> torch.Tensor:
+        ablation = FeatureAblation(_forward_func(target))
+        with torch.no_grad():
+            pixel = ablation.attribute(
+                target.images,
+                baselines=target.baseline,
+                additional_forward_args=(_unit_index(target),),
+                feature_mask=patch_mask(target),
+                perturbations_per_eval=self.perturbations_per_eval,
+            )
+        # captum writes each patch's score on every pixel and channel of the patch: read one pixel per patch
+        p = target.patch_size
+        return pixel[:, 0, ::p, ::p]
