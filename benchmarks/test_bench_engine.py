@@ -61,7 +61,7 @@ def test_truncated_forward(benchmark, suite, kind):
 @pytest.mark.benchmark(group="run: tiny layer 1, 4 methods x 2 protocols")
 @pytest.mark.parametrize("kind", ["naive", "batched"])
 def test_run_layer(benchmark, kind):
-    kwargs = {"layers": [1], "progress": False}
+    kwargs = {"layers": [1], "methods": ["activation", "random", "gradient", "grad_x_input"], "progress": False}
     if kind == "naive":  # one unit per target, every step its own forward pass
         import cafe_bench.runner as runner
 
