@@ -1,4 +1,4 @@
-"""lxt's efficient LRP rules mapped onto open_clip's vision modules, applied in a scope that is undone on exit.
+"""lxt's efficient LRP rules mapped onto open_clip's and timm's ViT modules, in a scope that is undone on exit.
 
 lxt patches classes process-wide (``cls.forward = rule``). :func:`lrp_rules` saves every attribute it touches
 and restores it when the block ends, even on error, so no other method ever sees patched classes.
@@ -7,6 +7,7 @@ Rules (relevance = input x gradient, the Gradient*Input framework of lxt):
 - LayerNorm (torch, open_clip ``LayerNorm`` / ``LayerNormFp32``): identity rule on the variance
   (``lxt.efficient.patches.layer_norm_forward``).
 - GELU, QuickGELU: identity rule (``non_linear_forward``).
+- timm's ``LayerNorm``/``LayerNormFp32``/``GELU`` likewise; timm's ``Attention`` gets the attention rules below.
 - MultiheadAttention: ``cp`` stops the gradient through the softmax at query and key (CP-LRP,
   ``cp_multi_head_attention_forward``); ``attn`` lets it flow with the uniform rule on both matmuls
   (AttnLRP: query and key gradients divided by 4, value by 2, as lxt does for transformers' attention).
@@ -62,6 +63,44 @@ def attnlrp_multi_head_attention_forward(
     return self.out_proj(out), None
 
 
+def _timm_attention_forward(self, x, attn_mask=None, is_causal=False, *, rules: str):
+    """timm ``Attention`` (no gate, no QK norm) with the CP or AttnLRP rule on query, key and value."""
+    from lxt.efficient.rules import divide_gradient
+
+    if self.gate is not None or not isinstance(self.q_norm, nn.Identity) or is_causal:
+        raise NotImplementedError("LRP rules support timm Attention without gate, QK norm or causal masking")
+    b, n, _ = x.shape
+    q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    if rules == "cp":
+        q, k = q.detach(), k.detach()
+    else:
+        q, k, v = divide_gradient(q, 4), divide_gradient(k, 4), divide_gradient(v, 2)
+    logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, N, N)
+    if attn_mask is not None:
+        logits = logits + attn_mask
+    out = (logits.softmax(-1) @ v).transpose(1, 2).reshape(b, n, self.attn_dim)
+    return self.proj(self.norm(out))
+
+
+def _timm_patch_map(rules: str, patch_method, layer_norm_forward, non_linear_forward) -> dict:
+    """timm's ViT classes: its LayerNorm subclasses, GELU and Attention (empty if timm is not installed)."""
+    try:
+        from timm.layers import activations, attention, norm
+    except ImportError:
+        return {}
+
+    def attention_forward(self, x, attn_mask=None, is_causal=False):
+        return _timm_attention_forward(self, x, attn_mask, is_causal, rules=rules)
+
+    return {
+        norm.LayerNorm: partial(patch_method, layer_norm_forward),
+        norm.LayerNormFp32: partial(patch_method, layer_norm_forward),
+        activations.GELU: partial(patch_method, non_linear_forward, keep_original=True),
+        activations.GELUTanh: partial(patch_method, non_linear_forward, keep_original=True),
+        attention.Attention: partial(patch_method, attention_forward),
+    }
+
+
 def _patch_map(rules: str) -> dict:
     from lxt.efficient.patches import (
         cp_multi_head_attention_forward,
@@ -72,7 +111,9 @@ def _patch_map(rules: str) -> dict:
     from open_clip import transformer as oc
 
     attention = cp_multi_head_attention_forward if rules == "cp" else attnlrp_multi_head_attention_forward
+    timm_map = _timm_patch_map(rules, patch_method, layer_norm_forward, non_linear_forward)
     return {
+        **timm_map,
         nn.LayerNorm: partial(patch_method, layer_norm_forward),
         oc.LayerNorm: partial(patch_method, layer_norm_forward),
         oc.LayerNormFp32: partial(patch_method, layer_norm_forward),

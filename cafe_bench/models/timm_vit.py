@@ -1,0 +1,54 @@
+"""Adapter for timm's ``VisionTransformer`` (ViT, DeiT, DINOv2-style towers built by ``timm.create_model``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from cafe_bench.models.base import Backbone
+
+
+class TimmBackbone(Backbone):
+    """Wrap a ``timm.models.vision_transformer.VisionTransformer``; forward stops after the deepest requested block.
+
+    Args:
+        model: the timm ViT (fixed image size: ``dynamic_img_size=False``).
+        mean, std: per-channel input normalisation applied to [0, 1] pixels (default: the model's
+            ``pretrained_cfg``).
+    """
+
+    def __init__(self, model, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+        super().__init__()
+        self.model = model.eval()
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        mean = mean if mean is not None else cfg.get("mean", (0.5, 0.5, 0.5))
+        std = std if std is not None else cfg.get("std", (0.5, 0.5, 0.5))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        ph, pw = model.patch_embed.patch_size
+        if ph != pw:
+            raise ValueError(f"only square patches are supported, got {model.patch_embed.patch_size}")
+        self.patch_size = int(ph)
+        self.grid = tuple(int(g) for g in model.patch_embed.grid_size)
+        self.n_blocks = len(model.blocks)
+        self.width = int(model.embed_dim)
+        self.n_prefix_tokens = int(model.num_prefix_tokens)
+
+    def embed(self, images_b3hw: torch.Tensor) -> torch.Tensor:
+        """Token embeddings entering block 0, (B, T, d)."""
+        m = self.model
+        x = m.patch_embed((images_b3hw - self.mean) / self.std)  # (B, P, d)
+        return m.norm_pre(m.patch_drop(m._pos_embed(x)))
+
+    def residuals(self, images_b3hw: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+        wanted = sorted({int(layer) for layer in layers})
+        for layer in wanted:
+            self.check_layer(layer)
+        x = self.embed(images_b3hw)
+        out = {}
+        for i, block in enumerate(self.model.blocks[: wanted[-1] + 1]):
+            x = block(x)  # (B, T, d)
+            if i in wanted:
+                out[i] = x
+        return out
