@@ -27,6 +27,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _stats_options(parser) -> None:
+    parser.add_argument("--n-resamples", type=int, default=1000, help="bootstrap replicates (default: 1000)")
+    parser.add_argument("--ci", default="percentile", help="percentile (default) or bca")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="cafe-bench",
@@ -69,6 +75,56 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("name", help="registered method name (see `cafe-bench methods`)")
     val.add_argument("--suite", default="tiny", help="suite to validate on (default: tiny)")
     val.add_argument("--units", type=int, default=6, help="units to run (default: 6)")
+    board = sub.add_parser(
+        "leaderboard",
+        help="tables of mean AUC with clustered bootstrap CIs from result dirs",
+        description="Read one or more result directories (same suite and protocol config) and "
+        "print methods x layers x protocols: mean AUC with its 95%% clustered "
+        "bootstrap CI, the best per column in bold, methods whose CI overlaps the "
+        "best's marked † (tied).",
+    )
+    board.add_argument("dirs", nargs="+", metavar="DIR", help="directories written by `cafe-bench run --out`")
+    board.add_argument("--format", default="md", help="md (default), csv, latex or html")
+    board.add_argument(
+        "--by",
+        default="method",
+        help="method (default: a row per method, a column per layer x protocol) or layer (a row per layer x method)",
+    )
+    _stats_options(board)
+    board.add_argument(
+        "--save", default=None, metavar="STEM", help="also write STEM.json (the board, for `compare`) and STEM.md"
+    )
+    paired = sub.add_parser(
+        "paired",
+        help="every method against a reference on identical units, Holm-corrected",
+        description="Mean paired AUC difference of each method against --reference on the same units (positive = "
+        "better), its clustered bootstrap CI, a p-value, the Holm-adjusted p-value over all comparisons shown, and "
+        "the probability of improvement, per layer and protocol.",
+    )
+    paired.add_argument("dirs", nargs="+", metavar="DIR", help="directories written by `cafe-bench run --out`")
+    paired.add_argument("--reference", default="activation", help="reference method (default: activation)")
+    paired.add_argument("--format", default="md", help="md (default) or csv")
+    _stats_options(paired)
+    cmp = sub.add_parser(
+        "compare",
+        help="regression gate: exit 1 if any AUC moved against a committed board",
+        description="Compare result directories with a board written by `leaderboard --save`. "
+        "Exit 1 and print one line per regression when a method's mean AUC on a layer "
+        "and protocol moved against the board (insertion down, deletion up) by more "
+        "than --floor and, with --rule ci, out of the board's CI; exit 0 otherwise; "
+        "exit 2 when the run is not comparable (suite, feature set, protocol config).",
+    )
+    cmp.add_argument("dirs", nargs="+", metavar="DIR", help="directories written by `cafe-bench run --out`")
+    cmp.add_argument("--baseline", required=True, metavar="BOARD", help="board JSON, e.g. leaderboards/tiny.json")
+    cmp.add_argument("--floor", type=float, default=0.02, help="smallest AUC move that counts (default: 0.02)")
+    cmp.add_argument("--rule", default="ci", help="ci (default: also outside the board's CI) or abs (floor only)")
+    agree = sub.add_parser(
+        "baselines",
+        help="Kendall tau between method rankings under different baselines",
+        description="Given runs that differ only in --baseline (blur, mean, zero), print the "
+        "Kendall tau between their method rankings for each pair and protocol.",
+    )
+    agree.add_argument("dirs", nargs="+", metavar="DIR", help="one run directory per baseline")
     sub.add_parser("methods", help="list registered attribution methods with their source")
     sub.add_parser("suites", help="list built-in suites")
     return parser
@@ -111,13 +167,90 @@ def _cmd_validate(args) -> int:
     return 1 if failed else 0
 
 
+def _cmd_leaderboard(args) -> int:
+    from cafe_bench.leaderboard import FORMATS, board, render, summarize
+    from cafe_bench.results import read_runs
+    from cafe_bench.suites.manifest import write_json_atomic
+
+    if args.format not in FORMATS:
+        raise CafeBenchError(f"unknown format {args.format!r}; valid: {', '.join(FORMATS)}")
+    if args.by not in ("method", "layer"):
+        raise CafeBenchError(f"unknown --by {args.by!r}; valid: method, layer")
+    statistics = {"n_resamples": args.n_resamples, "level": 0.95, "seed": args.seed, "ci_method": args.ci}
+    records, run_doc = read_runs(args.dirs)
+    try:
+        summary = summarize(records, **statistics)
+    except ValueError as exc:
+        raise CafeBenchError(str(exc)) from None
+    text = render(summary, args.format, by=args.by)
+    if args.save:
+        from pathlib import Path
+
+        stem = Path(args.save)
+        write_json_atomic(stem.with_name(stem.name + ".json"), board(summary, run_doc, statistics))
+        md = stem.with_name(stem.name + ".md")
+        tmp = md.with_name(md.name + ".tmp")
+        tmp.write_text(render(summary, "md", by=args.by))
+        tmp.replace(md)
+    sys.stdout.write(text)
+    return 0
+
+
+def _cmd_paired(args) -> int:
+    from cafe_bench.leaderboard import paired_comparisons
+    from cafe_bench.results import read_runs
+
+    if args.format not in ("md", "csv"):
+        raise CafeBenchError(f"unknown format {args.format!r}; valid: md, csv")
+    records, _ = read_runs(args.dirs)
+    try:
+        table = paired_comparisons(
+            records, args.reference, n_resamples=args.n_resamples, seed=args.seed, ci_method=args.ci
+        )
+    except ValueError as exc:
+        raise CafeBenchError(str(exc)) from None
+    if args.format == "csv":
+        sys.stdout.write(table.to_csv(index=False, float_format="%.6g"))
+    else:
+        print(table.to_markdown(index=False, floatfmt=".4g"))
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from cafe_bench.compare import RULES, compare
+
+    if args.rule not in RULES:
+        raise CafeBenchError(f"unknown --rule {args.rule!r}; valid: {', '.join(RULES)}")
+    regressions, notes = compare(args.dirs, args.baseline, floor=args.floor, rule=args.rule)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    for regression in regressions:
+        print(regression)
+    if regressions:
+        print(f"{len(regressions)} regression(s) against {args.baseline}")
+        return 1
+    print(f"no regression against {args.baseline}")
+    return 0
+
+
+def _cmd_baselines(args) -> int:
+    from cafe_bench.sensitivity import baseline_agreement
+
+    print(baseline_agreement(args.dirs).to_markdown(index=False, floatfmt=".3f"))
+    return 0
+
+
 def _cmd_methods(_args) -> int:
     from cafe_bench.attributors.registry import attributor_source, get_attributor, list_attributors
 
     n_patches = 64  # the tiny suite's 8 x 8 grid
     print(f"{'method':<22} {'passes/unit (P=64)':<20} {'source':<28} description")
     for name in list_attributors():
-        method = get_attributor(name)
+        try:
+            method = get_attributor(name)
+        except CafeBenchError as exc:
+            print(f"{name:<22} {'-':<20} {'(failed to load)':<28} {exc}")
+            continue
         cost = method.cost(n_patches)
         doc = (type(method).__doc__ or "").strip().splitlines()
         passes = f"{cost.forward} fwd + {cost.backward} bwd"
@@ -139,7 +272,16 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handlers = {"run": _cmd_run, "validate-attributor": _cmd_validate, "methods": _cmd_methods, "suites": _cmd_suites}
+    handlers = {
+        "run": _cmd_run,
+        "leaderboard": _cmd_leaderboard,
+        "paired": _cmd_paired,
+        "compare": _cmd_compare,
+        "baselines": _cmd_baselines,
+        "validate-attributor": _cmd_validate,
+        "methods": _cmd_methods,
+        "suites": _cmd_suites,
+    }
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

@@ -46,12 +46,16 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _as_list(value, default) -> list:
+def _as_list(value, default, what: str) -> list:
+    """The choices as a list without repeats (a repeat would count its units twice); none given -> error."""
     if value is None:
         return list(default)
     if isinstance(value, str | int):
         value = [value]
-    return list(value)
+    value = list(dict.fromkeys(value))
+    if not value:
+        raise RunConfigError(f"no {what} given; leave the option out to run all of them")
+    return value
 
 
 def build_config(suite, attributors: dict, protocols, layers, baseline, steps, seed) -> dict:
@@ -154,11 +158,18 @@ def run(
     from cafe_bench.provenance import collect
     from cafe_bench.suites import Suite, load_suite
 
-    device = _resolve_device(device)
-    suite = suite if isinstance(suite, Suite) else load_suite(suite, device=device)
-    methods = _as_list(methods, DEFAULT_METHODS)
-    protocols = _as_list(protocols, PROTOCOLS)
-    layers = [int(layer) for layer in _as_list(layers, suite.layers)]
+    if isinstance(suite, Suite):
+        device = str(suite.device)  # a loaded suite runs where it lives
+    else:
+        device = _resolve_device(device)
+        suite = load_suite(suite, device=device)
+    if resume and out is None:
+        raise RunConfigError("--resume needs --out: the directory of the run to continue")
+    if int(seed) < 0:
+        raise RunConfigError(f"seed must be a non-negative integer, got {seed}")
+    methods = _as_list(methods, DEFAULT_METHODS, "methods")
+    protocols = _as_list(protocols, PROTOCOLS, "protocols")
+    layers = [int(layer) for layer in _as_list(layers, suite.layers, "layers")]
     baseline = baseline or suite.protocol_defaults["baseline"]
     steps = int(steps if steps is not None else suite.protocol_defaults["steps"])
     attributors = {m: get_attributor(m) for m in methods}  # unknown names raise here, listing the valid ones
@@ -166,9 +177,10 @@ def run(
     if units is None:
         units = suite.units(layers)
     else:
-        units = [u for u in units if u.layer in layers]
+        units = list(dict.fromkeys(units))
         for unit in units:
             suite.check_unit(unit)
+        units = [u for u in units if u.layer in layers]
         config["units"] = [list(u.key()) for u in units]
     if out is not None:
         store = open_store(Path(out), config, collect(device), resume)  # checks the directory before writing

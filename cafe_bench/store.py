@@ -22,6 +22,19 @@ def record_key(record: dict) -> tuple:
     return tuple(record[f] for f in KEY_FIELDS)
 
 
+def is_done(record: dict) -> bool:
+    """Finished for good: ok or skipped. A failed record is retried on resume."""
+    return not str(record.get("status", "")).startswith("failed")
+
+
+def latest(records: list[dict]) -> list[dict]:
+    """One record per key, the last one stored (a retried failure replaces the failure), in first-seen order."""
+    by_key = {}
+    for record in records:
+        by_key[record_key(record)] = record
+    return list(by_key.values())
+
+
 def _first_difference(old: dict, new: dict) -> str:
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
@@ -29,9 +42,10 @@ def _first_difference(old: dict, new: dict) -> str:
     return "unknown difference"
 
 
-def read_records(path: Path, repair: bool = False) -> list[dict]:
+def read_records(path: Path, repair: bool = False, required: tuple[str, ...] = ()) -> list[dict]:
     """Records of a results file. A partial last line (a killed write) is ignored with a warning, and
-    cut off when ``repair`` is true; a bad line elsewhere raises RunConfigError naming file and line."""
+    cut off when ``repair`` is true; a bad line elsewhere, or a record without one of the ``required``
+    fields, raises RunConfigError naming file and line."""
     path = Path(path)
     if not path.exists():
         return []
@@ -46,7 +60,10 @@ def read_records(path: Path, repair: bool = False) -> list[dict]:
         try:
             if last:
                 raise ValueError("no newline")
-            records.append(json.loads(line))
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+            records.append(record)
             good_bytes += len(line) + 1
         except ValueError:
             if last or i == len(lines) - 2 and not lines[-1]:
@@ -56,6 +73,9 @@ def read_records(path: Path, repair: bool = False) -> list[dict]:
                         fh.truncate(good_bytes)
                 break
             raise RunConfigError(f"{path}:{i + 1}: not a JSON record; the file is damaged") from None
+        missing = [f for f in required if f not in records[-1]]
+        if missing:
+            raise RunConfigError(f"{path}:{i + 1}: record lacks field(s) {', '.join(missing)}")
     return records
 
 
@@ -73,18 +93,19 @@ class RunStore:
         return self.out_dir / RESULTS
 
     def append(self, records: list[dict]) -> None:
-        """Append records in one write followed by fsync: a batch is stored whole or (cut) not at all."""
+        """Append records in one write followed by fsync. A killed write leaves whole lines of the batch and at
+        most one partial last line, which readers drop; the missing records are recomputed on resume."""
         if not records:
             return
         if self.out_dir is None:
-            self.done.update(record_key(r) for r in records)
+            self.done.update(record_key(r) for r in records if is_done(r))
             return
         payload = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
         with open(self.results_path, "ab") as fh:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
-        self.done.update(record_key(r) for r in records)
+        self.done.update(record_key(r) for r in records if is_done(r))
 
     def update_run(self, **fields) -> None:
         """Merge ``fields`` into run.json (atomic rewrite)."""
@@ -94,8 +115,8 @@ class RunStore:
         write_json_atomic(path, doc)
 
     def records(self) -> list[dict]:
-        """All stored records."""
-        return read_records(self.results_path)
+        """The stored records, the last one per key."""
+        return latest(read_records(self.results_path))
 
 
 def check_out_dir(out_dir: Path, config: dict, resume: bool) -> None:
@@ -105,7 +126,10 @@ def check_out_dir(out_dir: Path, config: dict, resume: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise RunConfigError(f"--out {out_dir} is a file; give a directory")
     if run_path.exists():
-        old = json.loads(run_path.read_text()).get("config", {})
+        try:
+            old = json.loads(run_path.read_text()).get("config", {})
+        except ValueError:
+            raise RunConfigError(f"{run_path}: not valid JSON; choose another --out") from None
         new = json.loads(json.dumps(config))
         if old != new:
             raise RunConfigError(
@@ -120,20 +144,35 @@ def check_out_dir(out_dir: Path, config: dict, resume: bool) -> None:
 
 
 def open_store(out_dir: Path, config: dict, provenance: dict, resume: bool) -> RunStore:
-    """Create or resume the run in ``out_dir`` (after :func:`check_out_dir` passed)."""
+    """Create or resume the run in ``out_dir`` (checked by :func:`check_out_dir` and read before any write).
+
+    On resume, the provenance of earlier sessions is kept under ``previous_sessions``.
+    """
     check_out_dir(out_dir, config, resume)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     run_path = out_dir / RUN
     previous = json.loads(run_path.read_text()) if run_path.exists() else {}
-    doc = {
-        "schema_version": 1,
-        "config": config,
-        "provenance": provenance,
-        "status": "running",
-        "started": previous.get("started", provenance.get("date")),
-        "resumed": bool(previous),
-    }
-    write_json_atomic(run_path, doc)
-    done = {record_key(r) for r in read_records(out_dir / RESULTS, repair=True)}
+    done = {record_key(r) for r in latest(read_records(out_dir / RESULTS)) if is_done(r)}  # raises if damaged
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        sessions = previous.get("previous_sessions", [])
+        if previous:
+            sessions = [
+                *sessions,
+                {k: previous.get(k) for k in ("provenance", "status", "wall_time_s", "method_time_s")},
+            ]
+        doc = {
+            "schema_version": 1,
+            "config": config,
+            "provenance": provenance,
+            "status": "running",
+            "started": previous.get("started", provenance.get("date")),
+            "previous_sessions": sessions,
+        }
+        write_json_atomic(run_path, doc)
+        with warnings.catch_warnings():  # already warned above
+            warnings.simplefilter("ignore")
+            read_records(out_dir / RESULTS, repair=True)  # cut a partial last line before appending
+    except OSError as exc:
+        raise RunConfigError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
     return RunStore(out_dir, done)

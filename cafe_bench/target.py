@@ -111,6 +111,13 @@ class Target:
         return out
 
 
+def patches_to_pixels(values_np: torch.Tensor, grid: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """Spread one value per patch over its pixels: (N, P) -> (N, 1, H, W), patches row-major."""
+    gh, gw = grid
+    per_patch = values_np.reshape(-1, 1, gh, gw)
+    return per_patch.repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
+
+
 def pool_to_patches(pixel_map: torch.Tensor, grid: tuple[int, int], patch_size: int) -> torch.Tensor:
     """The framework's one pooling rule: sum of relevance inside each patch, -> (B, gh, gw)."""
     gh, gw = grid

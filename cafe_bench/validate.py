@@ -10,6 +10,7 @@ import torch
 
 from cafe_bench.attributors.base import AttributorError
 from cafe_bench.attributors.registry import attributor_class, get_attributor
+from cafe_bench.errors import CafeBenchError
 
 REFERENCE_METHOD = "gradient"
 """Method whose scores must be unchanged after the validated one ran."""
@@ -25,8 +26,11 @@ class Check:
 
 
 def _units(suite, n_units: int):
-    per_layer = max(1, n_units // len(suite.layers))
-    units = [u for layer in suite.layers for u in suite.units([layer])[:per_layer]]
+    """``n_units`` units taken round-robin over the suite's layers."""
+    if n_units < 1:
+        raise CafeBenchError(f"--units must be at least 1, got {n_units}")
+    per_layer = [suite.units([layer]) for layer in suite.layers]
+    units = [u for i in range(max(map(len, per_layer))) for layer_units in per_layer for u in layer_units[i : i + 1]]
     return units[:n_units]
 
 
@@ -69,8 +73,10 @@ def validate_attributor(name: str, suite="tiny", n_units: int = 6, seed: int = 0
             f"{kind}: " + ("bit-identical twice" if same else "scores differ between two runs with the same seed"),
         )
     )
-    alone = get_attributor(name).scores(suite.target(units[:1], seed=seed))
-    independent = torch.allclose(alone[0], first[0], rtol=1e-4, atol=1e-6)
+    independent = all(
+        torch.allclose(get_attributor(name).scores(suite.target([unit], seed=seed))[0], first[i], rtol=1e-4, atol=1e-6)
+        for i, unit in enumerate(units)
+    )
     checks.append(
         Check(
             "batch independence",

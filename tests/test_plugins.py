@@ -74,6 +74,17 @@ class _Leaky(Attributor):
         return torch.rand(len(target), *target.grid)  # draws from the global generator
 
 
+class _OneSeed(Attributor):
+    name = "one_seed"
+    deterministic = False
+
+    def attribute(self, target):
+        import torch
+
+        gen = torch.Generator().manual_seed(int(target.seeds[0]))  # the whole batch from the first unit's seed
+        return torch.rand(len(target), *target.grid, generator=gen)
+
+
 class _Batchy(Attributor):
     name = "batchy"
 
@@ -88,6 +99,7 @@ class _Batchy(Attributor):
         (_Broken, {"contract (shape, dtype, finite)"}),
         (_Leaky, {"determinism under a seed", "batch independence", "no global state left"}),
         (_Batchy, {"batch independence"}),
+        (_OneSeed, {"batch independence"}),
     ],
 )
 def test_validator_catches_contract_breaches(monkeypatch, cls, failing):
@@ -107,3 +119,4 @@ def test_validate_cli_exit_codes(monkeypatch, capsys):
     assert main(["validate-attributor", "broken", "--units", "3"]) == 1
     assert "FAIL" in capsys.readouterr().out
     assert main(["validate-attributor", "nope"]) == 2
+    assert main(["validate-attributor", "activation", "--units", "0"]) == 2

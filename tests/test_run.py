@@ -126,5 +126,71 @@ def test_summary_has_one_row_per_method_layer_protocol(tmp_path):
     df = cafe_bench.run("tiny", **FAST)
     summary = cafe_bench.summarize(df, n_resamples=200)
     assert len(summary) == 2 * 1 * 2
-    assert (summary["ci_low"] <= summary["mean"]).all() and (summary["mean"] <= summary["ci_high"]).all()
+    assert (summary["ci_low"] < summary["ci_high"]).all()
+    row = summary[(summary.method == "random") & (summary.protocol == "deletion")].iloc[0]
+    group = df[(df.method == "random") & (df.protocol == "deletion")]
+    expected = cafe_bench.stats.clustered_bootstrap_ci(group["auc"], group["feature"], n_resamples=200)
+    assert (row["mean"], row["ci_low"], row["ci_high"]) == pytest.approx(expected)
     assert isinstance(summary, pd.DataFrame)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"methods": []}, "no methods given"),
+        ({"protocols": []}, "no protocols given"),
+        ({"seed": -1}, "non-negative"),
+        ({"resume": True}, "--resume needs --out"),
+    ],
+)
+def test_empty_or_bad_choices_are_refused_before_anything_runs(kwargs, message, tmp_path):
+    with pytest.raises(RunConfigError, match=message):
+        cafe_bench.run("tiny", **{**FAST, **kwargs})
+
+
+def test_repeated_choices_count_once(tmp_path):
+    df = cafe_bench.run(
+        "tiny",
+        methods=["activation", "activation"],
+        protocols=["insertion", "insertion"],
+        layers=[1, 1],
+        progress=False,
+    )
+    assert len(df) == 32
+
+
+def test_units_outside_the_suite_are_refused(suite):
+    from cafe_bench.errors import UnknownNameError
+    from cafe_bench.target import Unit
+
+    with pytest.raises(UnknownNameError, match="no SAE at layer 2"):
+        cafe_bench.run("tiny", units=[Unit(2, 0, 0, 0)], **FAST)
+
+
+def test_failed_records_are_retried_on_resume(tmp_path, monkeypatch):
+    from cafe_bench.attributors.gradient import GradientAttributor
+
+    kwargs = {"methods": ["gradient"], "layers": [1], "protocols": ["insertion"], "progress": False}
+    original = GradientAttributor.attribute
+    monkeypatch.setattr(GradientAttributor, "attribute", lambda self, t: 1 / 0)
+    failed = cafe_bench.run("tiny", out=tmp_path, **kwargs)
+    assert failed["status"].str.startswith("failed").all()
+    monkeypatch.setattr(GradientAttributor, "attribute", original)
+    resumed = cafe_bench.run("tiny", out=tmp_path, resume=True, **kwargs)
+    assert len(resumed) == 32 and (resumed["status"] == "ok").all()
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert len(run["previous_sessions"]) == 1
+
+
+def test_damaged_store_is_refused_before_anything_is_written(tmp_path):
+    cafe_bench.run("tiny", out=tmp_path, **FAST)
+    path = tmp_path / "results.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[2] = "{broken\n"
+    path.write_text("".join(lines))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(RunConfigError, match="results.jsonl:3"):
+        cafe_bench.run("tiny", out=tmp_path, resume=True, **FAST)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    with pytest.raises(RunConfigError, match="cannot write|is a file"):
+        cafe_bench.run("tiny", out=path / "sub", **FAST)

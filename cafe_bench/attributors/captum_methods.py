@@ -14,6 +14,7 @@ from captum.attr import FeatureAblation, IntegratedGradients, NoiseTunnel, Salie
 
 from cafe_bench.attributors.base import Attributor, Cost
 from cafe_bench.attributors.registry import register_attributor
+from cafe_bench.target import patches_to_pixels
 
 
 def _forward_func(target):
@@ -31,10 +32,8 @@ def _unit_index(target) -> torch.Tensor:
 
 def patch_mask(target) -> torch.Tensor:
     """(1, 1, H, W) long: the row-major patch index of every pixel (captum's ``feature_mask``)."""
-    gh, gw = target.grid
-    p = target.patch_size
-    ids = torch.arange(gh * gw, device=target.device).view(gh, gw)
-    return ids.repeat_interleave(p, 0).repeat_interleave(p, 1)[None, None]
+    ids = torch.arange(target.n_patches, device=target.device)[None]
+    return patches_to_pixels(ids, target.grid, target.patch_size)
 
 
 @contextmanager

@@ -10,6 +10,7 @@ import torch
 
 from cafe_bench.attributors.base import Attributor, Cost
 from cafe_bench.attributors.registry import register_attributor
+from cafe_bench.target import patches_to_pixels
 
 with warnings.catch_warnings():  # shap's plotting colormaps use matplotlib calls that warn on import
     warnings.simplefilter("ignore", PendingDeprecationWarning)
@@ -32,15 +33,13 @@ def seeded_numpy_rng(seed: int):
 def coalition_model(target, i: int, batch_size: int = 64):
     """shap's model for unit ``i``: (n, P) 0/1 coalitions -> (n,) z_k of the composed images, where a
     present patch shows the image and an absent one the baseline."""
-    gh, gw = target.grid
-    p = target.patch_size
     image = target.images[i : i + 1]
     base = target.baseline[i : i + 1]
 
     @torch.no_grad()
     def model(coalitions) -> np.ndarray:
-        keep = torch.as_tensor(np.asarray(coalitions) > 0.5, device=target.device).view(-1, 1, gh, gw)
-        keep = keep.repeat_interleave(p, 2).repeat_interleave(p, 3)  # (n, 1, H, W)
+        keep = torch.as_tensor(np.asarray(coalitions) > 0.5, device=target.device)
+        keep = patches_to_pixels(keep, target.grid, target.patch_size)  # (n, 1, H, W)
         out = []
         for chunk in keep.split(batch_size):
             idx = torch.full((len(chunk),), i, device=target.device, dtype=torch.long)

@@ -11,7 +11,7 @@ import fnmatch
 import importlib
 from importlib.metadata import entry_points
 
-from cafe_bench.errors import UnknownNameError
+from cafe_bench.errors import CafeBenchError, UnknownNameError
 
 ENTRY_POINT_GROUP = "cafe_bench.attributors"
 
@@ -77,10 +77,16 @@ def attributor_class(name: str) -> type:
         else:
             eps = _entry_points()
             if name in eps:
-                cls = eps[name].load()
-                register_attributor(name)(cls)
                 dist = eps[name].dist
-                _SOURCES[name] = f"{dist.name} {dist.version}" if dist is not None else eps[name].value
+                source = f"{dist.name} {dist.version}" if dist is not None else eps[name].value
+                try:
+                    cls = eps[name].load()
+                except Exception as exc:  # a broken plugin must not take the registry down
+                    raise CafeBenchError(
+                        f"attributor {name!r} from {source} failed to load: {type(exc).__name__}: {exc}"
+                    ) from None
+                register_attributor(name)(cls)
+                _SOURCES[name] = source
     if name not in _REGISTRY:
         names = _all_names()
         close = difflib.get_close_matches(name, names, n=1)
@@ -91,7 +97,11 @@ def attributor_class(name: str) -> type:
 
 def get_attributor(name: str, **params):
     """An instance of attributor ``name`` configured with ``params`` (defaults otherwise)."""
-    return attributor_class(name)(**params)
+    cls = attributor_class(name)
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise CafeBenchError(f"attributor {name!r} cannot be built with {params or 'no parameters'}: {exc}") from None
 
 
 def attributor_source(name: str) -> str:

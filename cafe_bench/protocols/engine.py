@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from cafe_bench.errors import UnknownNameError
+from cafe_bench.target import patches_to_pixels
 
 PROTOCOLS = ("insertion", "deletion")
 """Valid protocol names."""
@@ -53,8 +54,8 @@ def rank_patches(scores_bp: torch.Tensor) -> torch.Tensor:
 def step_masks(scores_bp: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
     """(B, S+1, P) bool: True where a patch is taken at that step."""
     b, p = scores_bp.shape
-    rank = torch.empty_like(rank_patches(scores_bp))
-    rank.scatter_(1, rank_patches(scores_bp), torch.arange(p, device=scores_bp.device).expand(b, p))
+    order = rank_patches(scores_bp)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(p, device=scores_bp.device).expand(b, p))
     counts_t = torch.as_tensor(counts, device=scores_bp.device)
     return rank[:, None, :] < counts_t[None, :, None]  # (B, S+1, P)
 
@@ -69,9 +70,7 @@ def compose(
     patch_size: int,
 ) -> torch.Tensor:
     """Perturbed images (N, 3, H, W): row n mixes unit ``unit_idx_n[n]``'s image and baseline by ``taken_np[n]``."""
-    gh, gw = grid
-    pix = taken_np.view(-1, 1, gh, 1, gw, 1).expand(-1, 1, gh, patch_size, gw, patch_size)
-    pix = pix.reshape(-1, 1, gh * patch_size, gw * patch_size)
+    pix = patches_to_pixels(taken_np, grid, patch_size)  # (N, 1, H, W)
     image, base = images_b3hw[unit_idx_n], baseline_b3hw[unit_idx_n]
     if protocol == "insertion":
         return torch.where(pix, image, base)

@@ -1,0 +1,100 @@
+"""The regression gate: compare a new run with a committed board and list the AUCs that moved against it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cafe_bench.leaderboard import HIGHER_IS_BETTER, summarize
+from cafe_bench.results import ResultsError, read_runs
+
+PROTOCOL_KEYS = ("baseline", "blur_sigma", "steps", "normalisation", "auc")
+RULES = ("ci", "abs")
+
+
+@dataclass(frozen=True)
+class Regression:
+    """One method x layer x protocol whose mean AUC moved against the board."""
+
+    method: str
+    layer: int
+    protocol: str
+    board_mean: float
+    board_ci: tuple[float, float]
+    mean: float
+
+    def __str__(self) -> str:
+        worse = "lower" if HIGHER_IS_BETTER.get(self.protocol, True) else "higher"
+        return (
+            f"REGRESSION {self.method} layer {self.layer} {self.protocol}: AUC {self.mean:.4f}, {worse} than "
+            f"the board's {self.board_mean:.4f} [{self.board_ci[0]:.4f}, {self.board_ci[1]:.4f}] "
+            f"by {abs(self.mean - self.board_mean):.4f}"
+        )
+
+
+def load_board(path: Path) -> dict:
+    """A board written by ``cafe-bench leaderboard --save``; raises ResultsError if unreadable."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: no such board file") from None
+    except ValueError:
+        raise ResultsError(f"{path}: not valid JSON") from None
+    if not isinstance(doc, dict) or not {"config", "rows", "statistics"} <= set(doc):
+        raise ResultsError(f"{path}: not a cafe_bench board (needs config, rows and statistics)")
+    return doc
+
+
+def check_comparable(config: dict, board_config: dict, board_path: Path) -> None:
+    """Raise ResultsError naming the first difference that makes a run incomparable with the board."""
+    if config.get("suite") != board_config.get("suite"):
+        raise ResultsError(
+            f"different suite: run {config.get('suite')!r}, board {board_config.get('suite')!r} ({board_path})"
+        )
+    files, board_files = config.get("suite_files", {}), board_config.get("suite_files", {})
+    if files.get("features.json") != board_files.get("features.json"):
+        raise ResultsError(
+            f"different feature set hash: run {str(files.get('features.json'))[:12]}…, board "
+            f"{str(board_files.get('features.json'))[:12]}… ({board_path})"
+        )
+    for name in sorted(set(files) | set(board_files)):
+        if files.get(name) != board_files.get(name):
+            raise ResultsError(f"different suite file {name} (sha256 differs from the board's, {board_path})")
+    for key in PROTOCOL_KEYS:
+        if config.get(key) != board_config.get(key):
+            raise ResultsError(
+                f"different protocol config {key}: run {json.dumps(config.get(key))}, board "
+                f"{json.dumps(board_config.get(key))} ({board_path})"
+            )
+
+
+def compare(run_dirs, board_path: Path, floor: float = 0.02, rule: str = "ci") -> tuple[list[Regression], list[str]]:
+    """Regressions of the runs in ``run_dirs`` against the board, and notes (rows that could not be compared).
+
+    A row regresses when its mean AUC moved against the protocol's direction (insertion down, deletion up) by
+    more than ``floor`` (default 0.02) and, with ``rule="ci"`` (default), also left the board's CI;
+    ``rule="abs"`` uses the floor alone. The run's CIs are computed with the board's statistics settings.
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
+    board_doc = load_board(board_path)
+    records, run_doc = read_runs(run_dirs)
+    check_comparable(run_doc["config"], board_doc["config"], Path(board_path))
+    current = summarize(records, **board_doc["statistics"]).set_index(["method", "layer", "protocol"])
+    regressions, notes = [], []
+    for row in board_doc["rows"]:
+        key = (row["method"], int(row["layer"]), row["protocol"])
+        if row["n_units"] == 0:
+            continue
+        if key not in current.index or current.loc[key, "n_units"] == 0:
+            notes.append(f"not in the run: {key[0]} layer {key[1]} {key[2]}")
+            continue
+        mean = float(current.loc[key, "mean"])
+        sign = 1 if HIGHER_IS_BETTER.get(key[2], True) else -1
+        drop = sign * (row["mean"] - mean)  # > 0: moved against the board
+        outside = not row["ci_low"] <= mean <= row["ci_high"]
+        if drop > floor and (outside or rule == "abs"):
+            regressions.append(Regression(*key, row["mean"], (row["ci_low"], row["ci_high"]), mean))
+    return regressions, notes

@@ -1,0 +1,285 @@
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import cafe_bench
+from cafe_bench.cli import main
+from cafe_bench.leaderboard import mark_best, render, summarize
+from cafe_bench.results import ResultsError, read_run, read_runs
+
+FAST = {"methods": ["activation", "random", "gradient"], "layers": [1, 5], "progress": False}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "blur"
+    cafe_bench.run("tiny", out=out, **FAST)
+    return out
+
+
+def _copy(run_dir, tmp_path, name="copy"):
+    dst = tmp_path / name
+    shutil.copytree(run_dir, dst)
+    return dst
+
+
+def test_best_and_ties_follow_the_protocol_direction():
+    summary = pd.DataFrame(
+        [
+            {
+                "method": "a",
+                "layer": 1,
+                "protocol": "insertion",
+                "n_units": 4,
+                "mean": 0.9,
+                "ci_low": 0.8,
+                "ci_high": 1.0,
+            },
+            {
+                "method": "b",
+                "layer": 1,
+                "protocol": "insertion",
+                "n_units": 4,
+                "mean": 0.85,
+                "ci_low": 0.7,
+                "ci_high": 0.82,
+            },
+            {
+                "method": "c",
+                "layer": 1,
+                "protocol": "insertion",
+                "n_units": 4,
+                "mean": 0.5,
+                "ci_low": 0.4,
+                "ci_high": 0.6,
+            },
+            {
+                "method": "a",
+                "layer": 1,
+                "protocol": "deletion",
+                "n_units": 4,
+                "mean": 0.5,
+                "ci_low": 0.4,
+                "ci_high": 0.6,
+            },
+            {
+                "method": "b",
+                "layer": 1,
+                "protocol": "deletion",
+                "n_units": 4,
+                "mean": 0.2,
+                "ci_low": 0.1,
+                "ci_high": 0.3,
+            },
+            {
+                "method": "c",
+                "layer": 1,
+                "protocol": "deletion",
+                "n_units": 4,
+                "mean": 0.3,
+                "ci_low": 0.25,
+                "ci_high": 0.5,
+            },
+        ]
+    )
+    marked = mark_best(summary).set_index(["method", "protocol"])
+    assert marked.loc[("a", "insertion"), "best"] and not marked.loc[("a", "insertion"), "tied"]
+    assert marked.loc[("b", "insertion"), "tied"]  # 0.82 >= 0.8: overlaps
+    assert not marked.loc[("c", "insertion"), "tied"] and not marked.loc[("c", "insertion"), "best"]
+    assert marked.loc[("b", "deletion"), "best"]  # lower is better
+    assert marked.loc[("c", "deletion"), "tied"] and not marked.loc[("a", "deletion"), "tied"]
+
+
+def test_summary_reproduces_from_the_stored_records(run_dir):
+    records, _ = read_run(run_dir)
+    summary = summarize(records, n_resamples=300)
+    row = summary[(summary.method == "gradient") & (summary.layer == 5) & (summary.protocol == "insertion")].iloc[0]
+    units = records[(records.method == "gradient") & (records.layer == 5) & (records.protocol == "insertion")]
+    assert row["mean"] == pytest.approx(units["auc"].mean())
+    assert row["n_units"] == len(units) == 32
+    assert row["ci_low"] < row["mean"] < row["ci_high"]
+
+
+@pytest.mark.parametrize("fmt", ["md", "csv", "latex", "html"])
+def test_leaderboard_formats(run_dir, fmt, capsys):
+    assert main(["leaderboard", str(run_dir), "--format", fmt, "--n-resamples", "200"]) == 0
+    out = capsys.readouterr().out
+    if fmt == "md":
+        assert "| method" in out and "**" in out and "L5 insertion" in out
+    elif fmt == "csv":
+        header = out.splitlines()[0].split(",")
+        assert header[:7] == ["method", "layer", "protocol", "n_units", "n_skipped", "mean", "ci_low"][:7]
+        assert {"ci_high", "best", "tied"} <= set(header) and len(out.splitlines()) == 1 + 3 * 2 * 2
+    elif fmt == "latex":
+        assert "\\toprule" in out and "\\midrule" in out and "\\bottomrule" in out and "\\textbf{" in out
+    else:
+        assert out.startswith("<!DOCTYPE html>") and "<b>" in out
+        assert "<script" not in out and "<link" not in out and "http" not in out
+
+
+def test_bad_format_and_layout_exit_2(run_dir, capsys):
+    assert main(["leaderboard", str(run_dir), "--format", "pdf"]) == 2
+    assert "valid: md, csv, latex, html" in capsys.readouterr().err
+    assert main(["leaderboard", str(run_dir), "--by", "feature"]) == 2
+
+
+def test_empty_truncated_or_incomplete_results_name_file_and_line(run_dir, tmp_path, capsys):
+    empty = _copy(run_dir, tmp_path, "empty")
+    (empty / "results.jsonl").write_text("")
+    with pytest.raises(ResultsError, match="holds no records"):
+        read_run(empty)
+    broken = _copy(run_dir, tmp_path, "broken")
+    lines = (broken / "results.jsonl").read_text().splitlines(keepends=True)
+    lines[3] = lines[3][:40] + "\n"
+    (broken / "results.jsonl").write_text("".join(lines))
+    with pytest.raises(ResultsError, match=r"results.jsonl:4: not a JSON record"):
+        read_run(broken)
+    missing = _copy(run_dir, tmp_path, "missing")
+    lines = (missing / "results.jsonl").read_text().splitlines(keepends=True)
+    rec = json.loads(lines[6])
+    del rec["auc"]
+    lines[6] = json.dumps(rec) + "\n"
+    (missing / "results.jsonl").write_text("".join(lines))
+    assert main(["leaderboard", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "results.jsonl:7: record lacks field(s) auc" in err and err.count("\n") == 1
+    assert main(["leaderboard", str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_partial_last_line_is_ignored_with_a_warning(run_dir, tmp_path):
+    cut = _copy(run_dir, tmp_path, "cut")
+    n = len(read_run(run_dir)[0])
+    with open(cut / "results.jsonl", "a") as fh:
+        fh.write('{"layer": 1, "feature": 3')
+    with pytest.warns(UserWarning, match="partially written last line"):
+        records, _ = read_run(cut)
+    assert len(records) == n
+
+
+def test_runs_of_different_configs_cannot_share_a_table(run_dir, tmp_path):
+    other = tmp_path / "zero"
+    cafe_bench.run("tiny", out=other, baseline="zero", methods=["activation"], layers=[1], progress=False)
+    with pytest.raises(ResultsError, match="baseline differs"):
+        read_runs([run_dir, other])
+    with pytest.raises(ResultsError, match="stored in more than one run"):
+        read_runs([run_dir, _copy(run_dir, tmp_path, "twin")])
+
+
+def test_plugin_and_builtin_runs_merge_into_one_board(run_dir, tmp_path, capsys):
+    extra = tmp_path / "extra"
+    cafe_bench.run("tiny", out=extra, methods=["grad_x_input"], layers=[1, 5], progress=False)
+    records, _ = read_runs([run_dir, extra])
+    assert set(records["method"]) == {"activation", "random", "gradient", "grad_x_input"}
+    assert main(["leaderboard", str(run_dir), str(extra), "--by", "layer"]) == 0
+    assert "grad_x_input" in capsys.readouterr().out
+
+
+def test_compare_gate(run_dir, tmp_path, capsys):
+    stem = tmp_path / "board"
+    assert main(["leaderboard", str(run_dir), "--save", str(stem), "--n-resamples", "300"]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "board.md").read_text().startswith("| method")
+    assert main(["compare", str(run_dir), "--baseline", str(stem) + ".json"]) == 0
+    assert "no regression" in capsys.readouterr().out
+    worse = _copy(run_dir, tmp_path, "worse")
+    lines = []
+    for line in (worse / "results.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["method"] == "gradient" and rec["protocol"] == "insertion" and rec["layer"] == 5:
+            rec["auc"] -= 0.3
+        lines.append(json.dumps(rec))
+    (worse / "results.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["compare", str(worse), "--baseline", str(stem) + ".json"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len([line for line in out if line.startswith("REGRESSION")]) == 1
+    assert out[0].startswith("REGRESSION gradient layer 5 insertion")
+    # a small move inside the CI is not a regression, unless the rule is the absolute floor alone
+    slightly = _copy(run_dir, tmp_path, "slightly")
+    text = (slightly / "results.jsonl").read_text().splitlines()
+    recs = [json.loads(t) for t in text]
+    for rec in recs:
+        if rec["method"] == "activation" and rec["protocol"] == "deletion" and rec["layer"] == 1:
+            rec["auc"] += 0.03
+    (slightly / "results.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    assert main(["compare", str(slightly), "--baseline", str(stem) + ".json"]) == 0
+    assert main(["compare", str(slightly), "--baseline", str(stem) + ".json", "--rule", "abs"]) == 1
+
+
+def test_compare_refuses_incomparable_runs(run_dir, tmp_path, capsys):
+    stem = tmp_path / "board"
+    assert main(["leaderboard", str(run_dir), "--save", str(stem), "--n-resamples", "100"]) == 0
+    capsys.readouterr()
+    other = tmp_path / "steps8"
+    cafe_bench.run("tiny", out=other, steps=8, methods=["activation"], layers=[1], progress=False)
+    assert main(["compare", str(other), "--baseline", str(stem) + ".json"]) == 2
+    assert "different protocol config steps" in capsys.readouterr().err
+    board = json.loads((tmp_path / "board.json").read_text())
+    board["config"]["suite_files"]["features.json"] = "0" * 64
+    (tmp_path / "board.json").write_text(json.dumps(board))
+    assert main(["compare", str(run_dir), "--baseline", str(stem) + ".json"]) == 2
+    assert "different feature set hash" in capsys.readouterr().err
+    assert main(["compare", str(run_dir), "--baseline", str(tmp_path / "none.json")]) == 2
+
+
+def test_baseline_agreement_is_kendall_tau_of_method_means(run_dir, tmp_path, capsys):
+    from scipy.stats import kendalltau
+
+    from cafe_bench.sensitivity import baseline_agreement
+
+    zero = tmp_path / "zero"
+    cafe_bench.run("tiny", out=zero, baseline="zero", **FAST)
+    table = baseline_agreement([run_dir, zero])
+    assert set(table["protocol"]) == {"insertion", "deletion"} and (table["n_methods"] == 3).all()
+    a, b = read_run(run_dir)[0], read_run(zero)[0]
+    for protocol in ("insertion", "deletion"):
+        ma = a[a.protocol == protocol].groupby("method")["auc"].mean()
+        mb = b[b.protocol == protocol].groupby("method")["auc"].mean().reindex(ma.index)
+        row = table[table.protocol == protocol].iloc[0]
+        assert row["kendall_tau"] == pytest.approx(kendalltau(ma.to_numpy(), mb.to_numpy())[0])
+        assert {row["baseline_a"], row["baseline_b"]} == {"blur", "zero"}
+    assert main(["baselines", str(run_dir), str(zero)]) == 0
+    assert "kendall_tau" in capsys.readouterr().out
+    with pytest.raises(ResultsError, match="at least two different baselines"):
+        baseline_agreement([run_dir])
+
+
+def test_render_rejects_unknown_format():
+    with pytest.raises(ValueError, match="valid: md, csv, latex, html"):
+        render(pd.DataFrame(), "pdf")
+    assert np.isnan(
+        summarize(
+            pd.DataFrame(
+                {
+                    "method": ["a"],
+                    "layer": [1],
+                    "protocol": ["insertion"],
+                    "status": ["skipped"],
+                    "auc": [None],
+                    "feature": [1],
+                }
+            )
+        )["mean"][0]
+    )
+
+
+def test_paired_comparisons_are_oriented_and_holm_adjusted(run_dir, capsys):
+    from cafe_bench.leaderboard import paired_comparisons
+
+    records, _ = read_run(run_dir)
+    twin = records[records.method == "activation"].assign(method="activation_twin")
+    table = paired_comparisons(pd.concat([records, twin]), "activation", n_resamples=300)
+    same = table[table.method == "activation_twin"]
+    assert (same["better_by"] == 0).all() and (same["prob_improvement"] == 0.5).all()
+    assert (table["p_holm"] >= table["p_value"] - 1e-12).all() and (table["p_holm"] <= 1).all()
+    for protocol, sign in [("insertion", 1), ("deletion", -1)]:
+        row = table[(table.method == "random") & (table.layer == 5) & (table.protocol == protocol)].iloc[0]
+        sel = records[(records.layer == 5) & (records.protocol == protocol)]
+        diff = sel[sel.method == "random"]["auc"].mean() - sel[sel.method == "activation"]["auc"].mean()
+        assert row["better_by"] == pytest.approx(sign * diff)
+    assert main(["paired", str(run_dir), "--n-resamples", "200"]) == 0
+    assert "prob_improvement" in capsys.readouterr().out
+    assert main(["paired", str(run_dir), "--reference", "nope"]) == 2
+    assert "reference method 'nope' is not in the results" in capsys.readouterr().err
