@@ -1,0 +1,52 @@
+"""The committed board of the tiny suite reproduces from its stored records and from a fresh run."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import cafe_bench
+from cafe_bench.cli import main
+from cafe_bench.leaderboard import render, summarize
+from cafe_bench.results import read_run
+from cafe_bench.store import record_key
+
+BOARDS = Path(__file__).resolve().parents[1] / "leaderboards"
+
+
+@pytest.fixture(scope="module")
+def committed():
+    records, run_doc = read_run(BOARDS / "tiny")
+    return records, run_doc, json.loads((BOARDS / "tiny.json").read_text())
+
+
+def test_board_rows_reproduce_from_the_stored_records(committed):
+    records, run_doc, board = committed
+    summary = summarize(records, **board["statistics"])
+    expected = pd.DataFrame(board["rows"])
+    pd.testing.assert_frame_equal(summary.reset_index(drop=True), expected[summary.columns], check_dtype=False)
+    assert board["config"] == run_doc["config"]
+    assert (BOARDS / "tiny.md").read_text() == render(summary, "md", by="method")
+
+
+def test_board_covers_every_builtin_method_on_every_unit(committed, suite):
+    records, _, board = committed
+    assert set(records["method"]) == set(cafe_bench.runner.DEFAULT_METHODS)
+    assert len(records) == len(suite.units()) * len(cafe_bench.runner.DEFAULT_METHODS) * 2
+    assert board["config"]["suite_files"] == suite.hashes
+
+
+def test_stored_records_match_a_fresh_run_of_the_fast_methods(committed):
+    records, _, _ = committed
+    fresh = cafe_bench.run("tiny", methods=["activation", "gradient", "cp_lrp"], layers=[3], progress=False)
+    stored = {record_key(r): r for r in records.to_dict("records")}
+    for rec in fresh.to_dict("records"):
+        old = stored[record_key(rec)]
+        assert rec["auc"] == pytest.approx(old["auc"], rel=1e-6, abs=1e-9)
+        assert rec["curve"] == pytest.approx(old["curve"], rel=1e-6, abs=1e-9)
+
+
+def test_the_board_gates_its_own_run(capsys):
+    assert main(["compare", str(BOARDS / "tiny"), "--baseline", str(BOARDS / "tiny.json")]) == 0
+    assert "no regression" in capsys.readouterr().out
