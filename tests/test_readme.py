@@ -33,3 +33,12 @@ def test_readme_attributor_example_registers_and_runs(suite, monkeypatch):
     centre = scores[0].flatten().argmax().item()
     assert divmod(centre, target.grid[1]) in [(3, 3), (3, 4), (4, 3), (4, 4)]
     assert torch.equal(scores[0], scores[1])
+
+
+def test_readme_table_is_the_committed_board():
+    from cafe_bench.leaderboard import render, summarize
+    from cafe_bench.results import read_run
+
+    records, _ = read_run(Path(__file__).resolve().parents[1] / "leaderboards" / "tiny")
+    table = render(summarize(records), "md", by="layer").split("\n\nbold:")[0]
+    assert table in README
