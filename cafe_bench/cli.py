@@ -125,6 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
         "Kendall tau between their method rankings for each pair and protocol.",
     )
     agree.add_argument("dirs", nargs="+", metavar="DIR", help="one run directory per baseline")
+    plot = sub.add_parser(
+        "plot",
+        help="figures of a run: curves with CI bands, AUC by layer, one unit's ERF next to its activation map",
+        description="Write PNG and SVG figures of a result directory: mean insertion and deletion curves with 95%% "
+        "CI bands per method, mean AUC per layer with error bars, and for one unit (default: the first) the image "
+        "with its activation map and each method's ERF map.",
+    )
+    plot.add_argument("dir", metavar="DIR", help="a directory written by `cafe-bench run --out`")
+    plot.add_argument("--out", default=None, help="directory for the figures (default: DIR/figures)")
+    plot.add_argument("--format", type=_csv, default=["png", "svg"], help="png,svg (default: both)")
+    plot.add_argument("--unit", type=_layers, default=None, metavar="L,F,IMG,TOKEN", help="unit of the ERF figure")
+    plot.add_argument("--methods", type=_csv, default=None, help="methods of the ERF figure (default: up to 4)")
+    _stats_options(plot)
     sub.add_parser("methods", help="list registered attribution methods with their source")
     sub.add_parser("suites", help="list built-in suites")
     return parser
@@ -240,6 +253,27 @@ def _cmd_baselines(args) -> int:
     return 0
 
 
+def _cmd_plot(args) -> int:
+    from pathlib import Path
+
+    from cafe_bench.plots import plot_run
+
+    out = args.out or Path(args.dir) / "figures"
+    paths = plot_run(
+        args.dir,
+        out,
+        formats=args.format,
+        unit=args.unit,
+        methods=args.methods,
+        n_resamples=args.n_resamples,
+        seed=args.seed,
+        ci_method=args.ci,
+    )
+    for path in paths:
+        print(path)
+    return 0
+
+
 def _cmd_methods(_args) -> int:
     from cafe_bench.attributors.registry import attributor_source, get_attributor, list_attributors
 
@@ -278,6 +312,7 @@ def main(argv=None) -> int:
         "paired": _cmd_paired,
         "compare": _cmd_compare,
         "baselines": _cmd_baselines,
+        "plot": _cmd_plot,
         "validate-attributor": _cmd_validate,
         "methods": _cmd_methods,
         "suites": _cmd_suites,
