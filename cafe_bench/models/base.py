@@ -31,9 +31,27 @@ class Backbone(nn.Module, abc.ABC):
         """gh * gw."""
         return self.grid[0] * self.grid[1]
 
+    @property
     @abc.abstractmethod
+    def blocks(self) -> nn.ModuleList:
+        """The transformer blocks, in order; each maps (B, T, d) -> (B, T, d)."""
+
+    @abc.abstractmethod
+    def embed(self, images_b3hw: torch.Tensor) -> torch.Tensor:
+        """Token embeddings entering block 0, (B, T, d), from pixels in [0, 1] (normalised here)."""
+
     def residuals(self, images_b3hw: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
         """Residual stream after each block in ``layers`` (0-based), each (B, T, d); stops at max(layers)."""
+        wanted = sorted({int(layer) for layer in layers})
+        for layer in wanted:
+            self.check_layer(layer)
+        x = self.embed(images_b3hw)
+        out = {}
+        for i, block in enumerate(self.blocks[: wanted[-1] + 1]):
+            x = block(x)  # (B, T, d)
+            if i in wanted:
+                out[i] = x
+        return out
 
     def check_layer(self, layer: int) -> None:
         """Raise ValueError naming the valid range if ``layer`` is not a block index."""

@@ -42,14 +42,6 @@ class OpenClipBackbone(Backbone):
         x = v.patch_dropout(x)
         return v.ln_pre(x)
 
-    def residuals(self, images_b3hw: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
-        wanted = sorted({int(layer) for layer in layers})
-        for layer in wanted:
-            self.check_layer(layer)
-        x = self.embed(images_b3hw)
-        out = {}
-        for i, block in enumerate(self.visual.transformer.resblocks[: wanted[-1] + 1]):
-            x = block(x)  # (B, T, d)
-            if i in wanted:
-                out[i] = x
-        return out
+    @property
+    def blocks(self):
+        return self.visual.transformer.resblocks

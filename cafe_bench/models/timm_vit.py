@@ -41,14 +41,6 @@ class TimmBackbone(Backbone):
         x = m.patch_embed((images_b3hw - self.mean) / self.std)  # (B, P, d)
         return m.norm_pre(m.patch_drop(m._pos_embed(x)))
 
-    def residuals(self, images_b3hw: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
-        wanted = sorted({int(layer) for layer in layers})
-        for layer in wanted:
-            self.check_layer(layer)
-        x = self.embed(images_b3hw)
-        out = {}
-        for i, block in enumerate(self.model.blocks[: wanted[-1] + 1]):
-            x = block(x)  # (B, T, d)
-            if i in wanted:
-                out[i] = x
-        return out
+    @property
+    def blocks(self):
+        return self.model.blocks

@@ -35,21 +35,6 @@ from cafe_bench.plots.unit import plot_unit, unit_figure, unit_maps
 from cafe_bench.stats import CI_METHODS
 from cafe_bench.store import RUN
 
-__all__ = [
-    "auc_by_layer_figure",
-    "curve_summary",
-    "curves_figure",
-    "load_results",
-    "method_colour",
-    "plot_auc_by_layer",
-    "plot_curves",
-    "plot_run",
-    "plot_unit",
-    "save_figure",
-    "unit_figure",
-    "unit_maps",
-]
-
 
 def _first_ok_unit(records: pd.DataFrame):
     from cafe_bench.target import Unit
