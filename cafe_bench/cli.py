@@ -183,7 +183,7 @@ def _cmd_validate(args) -> int:
 def _cmd_leaderboard(args) -> int:
     from cafe_bench.leaderboard import FORMATS, board, render, summarize
     from cafe_bench.results import read_runs
-    from cafe_bench.suites.manifest import write_json_atomic
+    from cafe_bench.suites.manifest import write_json_atomic, write_text_atomic
 
     if args.format not in FORMATS:
         raise CafeBenchError(f"unknown format {args.format!r}; valid: {', '.join(FORMATS)}")
@@ -201,10 +201,7 @@ def _cmd_leaderboard(args) -> int:
 
         stem = Path(args.save)
         write_json_atomic(stem.with_name(stem.name + ".json"), board(summary, run_doc, statistics))
-        md = stem.with_name(stem.name + ".md")
-        tmp = md.with_name(md.name + ".tmp")
-        tmp.write_text(render(summary, "md", by=args.by))
-        tmp.replace(md)
+        write_text_atomic(stem.with_name(stem.name + ".md"), render(summary, "md", by=args.by))
     sys.stdout.write(text)
     return 0
 
@@ -234,7 +231,10 @@ def _cmd_compare(args) -> int:
 
     if args.rule not in RULES:
         raise CafeBenchError(f"unknown --rule {args.rule!r}; valid: {', '.join(RULES)}")
-    regressions, notes = compare(args.dirs, args.baseline, floor=args.floor, rule=args.rule)
+    try:
+        regressions, notes = compare(args.dirs, args.baseline, floor=args.floor, rule=args.rule)
+    except ValueError as exc:
+        raise CafeBenchError(str(exc)) from None
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     for regression in regressions:
@@ -323,6 +323,10 @@ def main(argv=None) -> int:
             return handlers[args.command](args)
     except CafeBenchError as exc:
         print(f"cafe-bench: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path the user gave that cannot be read or written
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"cafe-bench: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cafe-bench: interrupted; finished batches are stored, continue with --resume", file=sys.stderr)

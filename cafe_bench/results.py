@@ -31,7 +31,7 @@ def read_run(run_dir: Path) -> tuple[pd.DataFrame, dict]:
         doc = json.loads(run_path.read_text())
     except ValueError:
         raise ResultsError(f"{run_path}: not valid JSON") from None
-    if "config" not in doc:
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
         raise ResultsError(f"{run_path}: lacks the run config")
     try:
         records = latest(read_records(results, required=RECORD_FIELDS))

@@ -7,7 +7,7 @@ from itertools import combinations
 import pandas as pd
 from scipy.stats import kendalltau
 
-from cafe_bench.results import ResultsError, read_run
+from cafe_bench.results import COMPARABLE, ResultsError, read_run
 
 AGREEMENT_COLUMNS = ["protocol", "baseline_a", "baseline_b", "n_methods", "kendall_tau", "p_value"]
 
@@ -21,12 +21,17 @@ def method_means(records: pd.DataFrame) -> pd.DataFrame:
 def baseline_agreement(run_dirs) -> pd.DataFrame:
     """Kendall tau between the method rankings of every pair of runs, one run per baseline, per protocol.
 
-    The runs must share suite and steps and differ in ``baseline``; methods present in both runs of a pair
-    are ranked by mean AUC over all their units (scipy.stats.kendalltau, tau-b).
+    The runs must share suite, files, steps, curve rules and layers, and differ in ``baseline``; methods present
+    in both runs of a pair are ranked by mean AUC over all their units (scipy.stats.kendalltau, tau-b).
     """
-    runs = {}
+    runs, first = {}, None
+    keys = [k for k in COMPARABLE if k != "baseline"] + ["layers"]
     for run_dir in run_dirs:
         records, doc = read_run(run_dir)
+        first = first or (run_dir, doc["config"])
+        for key in keys:
+            if doc["config"].get(key) != first[1].get(key):
+                raise ResultsError(f"{run_dir}: {key} differs from {first[0]}; the runs must differ in baseline only")
         baseline = doc["config"]["baseline"]
         if baseline in runs:
             raise ResultsError(f"{run_dir}: a second run with baseline {baseline!r}; give one run per baseline")

@@ -66,7 +66,7 @@ def read_records(path: Path, repair: bool = False, required: tuple[str, ...] = (
             records.append(record)
             good_bytes += len(line) + 1
         except ValueError:
-            if last or i == len(lines) - 2 and not lines[-1]:
+            if last:
                 warnings.warn(f"{path}:{i + 1}: ignoring a partially written last line", stacklevel=2)
                 if repair:
                     with open(path, "r+b") as fh:

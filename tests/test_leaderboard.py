@@ -283,3 +283,51 @@ def test_paired_comparisons_are_oriented_and_holm_adjusted(run_dir, capsys):
     assert "prob_improvement" in capsys.readouterr().out
     assert main(["paired", str(run_dir), "--reference", "nope"]) == 2
     assert "reference method 'nope' is not in the results" in capsys.readouterr().err
+
+
+def test_compare_needs_an_overlap_a_sane_floor_and_a_valid_board(run_dir, tmp_path, capsys):
+    stem = tmp_path / "board"
+    assert main(["leaderboard", str(run_dir), "--save", str(stem), "--n-resamples", "100"]) == 0
+    capsys.readouterr()
+    other = tmp_path / "other"
+    cafe_bench.run("tiny", out=other, methods=["grad_x_input"], layers=[1, 5], progress=False)
+    assert main(["compare", str(other), "--baseline", f"{stem}.json"]) == 2
+    assert "nothing to compare" in capsys.readouterr().err
+    for floor in ["nan", "-0.1"]:
+        assert main(["compare", str(run_dir), "--baseline", f"{stem}.json", "--floor", floor]) == 2
+        assert "floor must be a finite number >= 0" in capsys.readouterr().err
+    board = json.loads((tmp_path / "board.json").read_text())
+    del board["rows"][1]["layer"]
+    (tmp_path / "bad.json").write_text(json.dumps(board))
+    assert main(["compare", str(run_dir), "--baseline", str(tmp_path / "bad.json")]) == 2
+    assert "row 2 lacks one of" in capsys.readouterr().err
+
+
+def test_single_unit_board_rows_count_as_left_their_ci(run_dir, tmp_path, capsys):
+    stem = tmp_path / "board"
+    assert main(["leaderboard", str(run_dir), "--save", str(stem), "--n-resamples", "100"]) == 0
+    capsys.readouterr()
+    board = json.loads((tmp_path / "board.json").read_text())
+    row = next(r for r in board["rows"] if r["protocol"] == "insertion")
+    row.update(ci_low=None, ci_high=None, mean=row["mean"] + 0.5)  # the run now sits far below this row
+    (tmp_path / "board.json").write_text(json.dumps(board))
+    assert main(["compare", str(run_dir), "--baseline", str(tmp_path / "board.json")]) == 1
+    assert "no CI" in capsys.readouterr().out
+
+
+def test_baselines_refuse_runs_that_differ_in_more_than_the_baseline(run_dir, tmp_path):
+    from cafe_bench.sensitivity import baseline_agreement
+
+    other = tmp_path / "zero8"
+    cafe_bench.run("tiny", out=other, baseline="zero", steps=8, **FAST)
+    with pytest.raises(ResultsError, match="steps differs"):
+        baseline_agreement([run_dir, other])
+
+
+def test_file_system_mistakes_exit_2(run_dir, tmp_path, capsys):
+    assert main(["leaderboard", str(run_dir), "--save", str(tmp_path / "missing" / "stem")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["plot", str(run_dir), "--out", str(blocker), "--n-resamples", "50"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

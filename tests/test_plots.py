@@ -164,8 +164,13 @@ def test_plot_curves_of_one_layer_and_colours_are_stable(records, tmp_path):
     path = plot_curves(records, "insertion", tmp_path / "one.png", layer=1, n_resamples=N_RESAMPLES)
     assert _png_size(path.read_bytes())[0] > 600
     assert [p.name for p in tmp_path.iterdir()] == ["one.png"]
-    assert method_colour("activation") == method_colour("activation") != method_colour("cp_lrp")
-    assert method_colour("my_plugin") == method_colour("my_plugin")
+    import subprocess
+    import sys
+
+    code = "from cafe_bench.plots import method_colour as c; print(c('activation'), c('my_plugin'))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert other == [method_colour("activation"), method_colour("my_plugin")]  # stable across processes
+    assert method_colour("activation") != method_colour("cp_lrp")
     builtins = ["activation", "random", "gradient", "grad_x_input", "integrated_gradients"]
     builtins += ["smoothgrad", "occlusion", "kernel_shap", "cp_lrp", "attnlrp"]
     assert len({method_colour(m) for m in builtins}) == len(builtins)
