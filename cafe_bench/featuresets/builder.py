@@ -63,7 +63,8 @@ def build_feature_set(
     backbone, saes: dict, scene_seed: int, rules: FeatureSetRules = FeatureSetRules(), progress: bool = True
 ) -> dict:
     """Apply the rules; returns the feature-set document (rules, per-layer stats, units, checksum)."""
-    images = torch.from_numpy(make_images(scene_seed, range(rules.n_pool)))
+    device = next(backbone.parameters()).device
+    images = torch.from_numpy(make_images(scene_seed, range(rules.n_pool))).to(device)
     codes = pool_codes(backbone, saes, images)
     units, stats = [], {}
     for layer in tqdm(sorted(saes), desc="feature set", disable=not progress, leave=False):
@@ -78,7 +79,7 @@ def build_feature_set(
         rng = np.random.default_rng([rules.seed, layer])
         chosen = sorted(rng.choice(alive, size=min(rules.n_features, len(alive)), replace=False).tolist())
         for feature in chosen:
-            peaks = per_image_max[:, feature].numpy()
+            peaks = per_image_max[:, feature].cpu().numpy()
             order = sorted(range(len(peaks)), key=lambda i: (-peaks[i], i))[: rules.n_images]
             for image_id in sorted(order):
                 token = int(torch.argmax(z[image_id, :, feature]))  # first maximum = lowest index
