@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from cafe_bench.attributors.base import AttributorError
 from cafe_bench.attributors.registry import get_attributor
 from cafe_bench.errors import CafeBenchError, RunConfigError, UnknownNameError
-from cafe_bench.protocols.baselines import BASELINES
+from cafe_bench.protocols.baselines import check_baseline
 from cafe_bench.protocols.engine import PROTOCOLS, check_protocol, normalised, run_curves
 from cafe_bench.stats import auc
 from cafe_bench.store import RunStore, open_store, record_key
@@ -63,8 +63,7 @@ def build_config(suite, attributors: dict, protocols, layers, baseline, steps, s
     for p in protocols:
         check_protocol(p)
     suite.check_layers(layers)
-    if baseline not in BASELINES:
-        raise UnknownNameError(f"unknown baseline {baseline!r}; valid: {', '.join(BASELINES)}")
+    check_baseline(baseline)
     if int(steps) < 1:
         raise RunConfigError(f"steps must be a positive integer, got {steps}")
     return {

@@ -155,7 +155,8 @@ def input_relevance(target, rules: str) -> torch.Tensor:
     The backbone normalises pixels as (x - mean) / std, so the relevance of the network input
     x_n * dz/dx_n equals (x - mean) * dz/dx in pixel units.
     """
-    images = target.images.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), lrp_rules(rules):
-        (grad,) = torch.autograd.grad(target.forward(images).sum(), images)
-    return (images.detach() - target.backbone.mean) * grad
+    from cafe_bench.attributors.gradient import input_gradient
+
+    with lrp_rules(rules):
+        grad = input_gradient(target)
+    return (target.images.detach() - target.backbone.mean) * grad

@@ -15,6 +15,12 @@ BASELINES = ("blur", "mean", "zero")
 """Valid baseline names; ``blur`` is the default."""
 
 
+def check_baseline(name: str) -> None:
+    """Raise UnknownNameError naming the valid baselines."""
+    if name not in BASELINES:
+        raise UnknownNameError(f"unknown baseline {name!r}; valid: {', '.join(BASELINES)}")
+
+
 def make_baseline(name: str, images_b3hw: torch.Tensor, blur_sigma: float = 4.0) -> torch.Tensor:
     """Baseline images (B, 3, H, W) for ``images``.
 
@@ -24,6 +30,7 @@ def make_baseline(name: str, images_b3hw: torch.Tensor, blur_sigma: float = 4.0)
         images_b3hw: clean images in [0, 1].
         blur_sigma: standard deviation of the blur in pixels.
     """
+    check_baseline(name)
     if name == "blur":
         from torchvision.transforms.functional import gaussian_blur
 
@@ -31,6 +38,4 @@ def make_baseline(name: str, images_b3hw: torch.Tensor, blur_sigma: float = 4.0)
         return gaussian_blur(images_b3hw, kernel_size=[size, size], sigma=[blur_sigma, blur_sigma])
     if name == "mean":
         return images_b3hw.mean(dim=(2, 3), keepdim=True).expand_as(images_b3hw).clone()
-    if name == "zero":
-        return torch.zeros_like(images_b3hw)
-    raise UnknownNameError(f"unknown baseline {name!r}; valid: {', '.join(BASELINES)}")
+    return torch.zeros_like(images_b3hw)  # "zero"
