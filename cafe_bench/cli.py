@@ -54,10 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated attributors (default: every built-in; see `cafe-bench methods`)",
     )
-    run.add_argument("--protocols", type=_csv, default=None, help="insertion,deletion (default: both)")
+    run.add_argument(
+        "--protocols",
+        type=_csv,
+        default=None,
+        help="insertion,deletion (default: both); also insertion_lerf, deletion_lerf (least relevant first)",
+    )
+    run.add_argument(
+        "--method-args",
+        default=None,
+        metavar="SPEC",
+        help="method parameters, e.g. 'integrated_gradients:n_steps=64;smoothgrad:stdevs=0.1,nt_samples=8' "
+        "(validated; recorded; part of what `compare` checks)",
+    )
     run.add_argument("--layers", type=_layers, default=None, help="comma-separated SAE layers (default: all)")
     run.add_argument("--baseline", default=None, help="blur (default), mean or zero")
-    run.add_argument("--steps", type=int, default=None, help="curve steps S (default: the suite's, 16 for tiny)")
+    run.add_argument(
+        "--steps", type=int, default=None, help="curve steps S in 1..P patches (default: the suite's, 16 for tiny)"
+    )
     run.add_argument("--seed", type=int, default=0, help="run seed (default: 0)")
     run.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     run.add_argument(
@@ -78,10 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     board = sub.add_parser(
         "leaderboard",
         help="tables of mean AUC with clustered bootstrap CIs from result dirs",
-        description="Read one or more result directories (same suite and protocol config) and "
-        "print methods x layers x protocols: mean AUC with its 95%% clustered "
-        "bootstrap CI, the best per column in bold, methods whose CI overlaps the "
-        "best's marked † (tied).",
+        description="Read one or more result directories (same suite, protocol config, seed and units) and "
+        "print methods x layers x protocols: mean AUC with its 95%% clustered bootstrap CI, the best per column in "
+        "bold, methods whose CI overlaps the best's marked † (tied). Methods are ranked on the units every ranked "
+        "method finished; a method with failed records is shown with its failure count and not ranked. Columns "
+        "n_failed and n_dead (csv) count failed and dead-feature units.",
     )
     board.add_argument("dirs", nargs="+", metavar="DIR", help="directories written by `cafe-bench run --out`")
     board.add_argument("--format", default="md", help="md (default), csv, latex or html")
@@ -92,7 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _stats_options(board)
     board.add_argument(
-        "--save", default=None, metavar="STEM", help="also write STEM.json (the board, for `compare`) and STEM.md"
+        "--save",
+        default=None,
+        metavar="STEM",
+        help="also write STEM.json (the board with every unit's AUC, for `compare`) and STEM.md",
+    )
+    board.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="table runs of different seeds, layers or units (refused by default: they are not like with like)",
     )
     paired = sub.add_parser(
         "paired",
@@ -107,17 +130,28 @@ def build_parser() -> argparse.ArgumentParser:
     _stats_options(paired)
     cmp = sub.add_parser(
         "compare",
-        help="regression gate: exit 1 if any AUC moved against a committed board",
-        description="Compare result directories with a board written by `leaderboard --save`. "
-        "Exit 1 and print one line per regression when a method's mean AUC on a layer "
-        "and protocol moved against the board (insertion down, deletion up) by more "
-        "than --floor and, with --rule ci, out of the board's CI; exit 0 otherwise; "
-        "exit 2 when the run is not comparable (suite, feature set, protocol config).",
+        help="regression gate: exit 1 if any unit's AUC moved against a committed board",
+        description="Compare result directories with a board written by `leaderboard --save` (the board holds every "
+        "unit's AUC, so it is the only file a CI needs). Exit codes: 0 pass; 1 a regression, a failed record, or a "
+        "unit missing from or added to the run; 2 a mistake or a run that is not comparable (another suite version, "
+        "model, SAE or feature set, steps, baseline, method parameters, or seed when a seeded method is compared), "
+        "with one line naming the difference. Rules: paired (default) fails a method x layer x protocol whose mean "
+        "AUC over the paired units moved against the protocol's direction by more than --tolerance; unit fails on "
+        "any single unit that did; ci compares runs that are not reruns (another seed or feature set): the mean "
+        "left the board's between-feature CI and moved by more than --floor.",
     )
     cmp.add_argument("dirs", nargs="+", metavar="DIR", help="directories written by `cafe-bench run --out`")
-    cmp.add_argument("--baseline", required=True, metavar="BOARD", help="board JSON, e.g. leaderboards/tiny.json")
-    cmp.add_argument("--floor", type=float, default=0.02, help="smallest AUC move that counts (default: 0.02)")
-    cmp.add_argument("--rule", default="ci", help="ci (default: also outside the board's CI) or abs (floor only)")
+    cmp.add_argument("--board", default=None, metavar="BOARD", help="board JSON, e.g. leaderboards/tiny.json")
+    cmp.add_argument("--baseline", default=None, metavar="BOARD", help=argparse.SUPPRESS)  # deprecated alias
+    cmp.add_argument("--rule", default="paired", help="paired (default), unit or ci")
+    cmp.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="AUC change allowed by the paired and unit rules (default: the measured rerun noise bound, see README)",
+    )
+    cmp.add_argument("--floor", type=float, default=0.02, help="ci rule: smallest mean AUC move that counts (0.02)")
+    cmp.add_argument("--methods", type=_csv, default=None, help="compare only these methods (default: all)")
     agree = sub.add_parser(
         "baselines",
         help="Kendall tau between method rankings under different baselines",
@@ -144,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args) -> int:
+    from cafe_bench.attributors.registry import parse_method_args
     from cafe_bench.leaderboard import render_markdown, summarize
-    from cafe_bench.runner import run
+    from cafe_bench.runner import failure_summary, run
 
     records = run(
         suite=args.suite,
@@ -159,13 +194,17 @@ def _cmd_run(args) -> int:
         out=args.out,
         resume=args.resume,
         progress=not args.no_progress,
+        method_args=parse_method_args(args.method_args),
     )
     print(render_markdown(summarize(records, seed=args.seed)), flush=True)
-    failed = records[records["status"].str.startswith("failed")]
-    if len(failed):
-        print(f"{len(failed)} records failed; see their status in {args.out or 'the records'}", file=sys.stderr)
     if args.out:
         print(f"results: {args.out}/results.jsonl, provenance: {args.out}/run.json", file=sys.stderr)
+    failures = failure_summary(records.to_dict("records"))
+    if failures:
+        print("cafe-bench: some records failed (exit 1); they are retried with --resume:", file=sys.stderr)
+        for line in failures:
+            print(f"  {line}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -181,16 +220,16 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_leaderboard(args) -> int:
+    from cafe_bench.files import write_json_atomic, write_text_atomic
     from cafe_bench.leaderboard import FORMATS, board, render, summarize
     from cafe_bench.results import read_runs
-    from cafe_bench.suites.manifest import write_json_atomic, write_text_atomic
 
     if args.format not in FORMATS:
         raise CafeBenchError(f"unknown format {args.format!r}; valid: {', '.join(FORMATS)}")
     if args.by not in ("method", "layer"):
         raise CafeBenchError(f"unknown --by {args.by!r}; valid: method, layer")
     statistics = {"n_resamples": args.n_resamples, "level": 0.95, "seed": args.seed, "ci_method": args.ci}
-    records, run_doc = read_runs(args.dirs)
+    records, run_doc = read_runs(args.dirs, allow_mixed=args.allow_mixed)
     try:
         summary = summarize(records, **statistics)
     except ValueError as exc:
@@ -200,7 +239,7 @@ def _cmd_leaderboard(args) -> int:
         from pathlib import Path
 
         stem = Path(args.save)
-        write_json_atomic(stem.with_name(stem.name + ".json"), board(summary, run_doc, statistics))
+        write_json_atomic(stem.with_name(stem.name + ".json"), board(summary, run_doc, statistics, records))
         write_text_atomic(stem.with_name(stem.name + ".md"), render(summary, "md", by=args.by))
     sys.stdout.write(text)
     return 0
@@ -227,22 +266,31 @@ def _cmd_paired(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from cafe_bench.compare import RULES, compare
+    from cafe_bench.compare import DEFAULT_TOLERANCE, RULES, compare
 
     if args.rule not in RULES:
         raise CafeBenchError(f"unknown --rule {args.rule!r}; valid: {', '.join(RULES)}")
+    if args.baseline is not None:
+        if args.board is not None:
+            raise CafeBenchError("give the board once: --board (--baseline is its deprecated alias)")
+        print("cafe-bench: warning: --baseline is deprecated; use --board", file=sys.stderr)
+    board = args.board or args.baseline
+    if board is None:
+        raise CafeBenchError("--board BOARD is required (a board JSON written by `leaderboard --save`)")
+    tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
     try:
-        regressions, notes = compare(args.dirs, args.baseline, floor=args.floor, rule=args.rule)
+        result = compare(args.dirs, board, rule=args.rule, tolerance=tolerance, floor=args.floor, methods=args.methods)
     except ValueError as exc:
         raise CafeBenchError(str(exc)) from None
-    for note in notes:
+    for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
-    for regression in regressions:
-        print(regression)
-    if regressions:
-        print(f"{len(regressions)} regression(s) against {args.baseline}")
+    for finding in result.findings:
+        print(finding)
+    compared = f"{result.n_rows} method x layer x protocol rows, {result.n_units} units, rule {args.rule}"
+    if result.findings:
+        print(f"FAIL: {len(result.findings)} finding(s) against {board} ({compared})")
         return 1
-    print(f"no regression against {args.baseline}")
+    print(f"PASS: no regression against {board} ({compared})")
     return 0
 
 

@@ -18,3 +18,7 @@ class ChecksumError(CafeBenchError):
 
 class RunConfigError(CafeBenchError):
     """An output directory that holds an incompatible run, or a bad run option."""
+
+
+class SuiteError(CafeBenchError):
+    """A suite manifest that lacks a field or has a field of the wrong type."""

@@ -8,12 +8,23 @@ from pathlib import Path
 import pandas as pd
 
 from cafe_bench.errors import CafeBenchError
-from cafe_bench.store import KEY_FIELDS, RESULTS, RUN, latest, read_records
+from cafe_bench.schema import (
+    IDENTITY_FIELDS,
+    KEY_FIELDS,
+    RECORD_FIELDS,
+    SCHEMA_VERSION,
+    UNIT_FIELDS,
+    RunConfig,
+    SchemaError,
+    check_version,
+    unit_key,
+)
+from cafe_bench.store import RESULTS, RUN, latest, read_records
 
-RECORD_FIELDS = (*KEY_FIELDS, "suite", "baseline", "steps", "fractions", "curve", "auc", "clean_activation", "status")
-"""Fields every stored record must have."""
-COMPARABLE = ("suite", "suite_files", "baseline", "blur_sigma", "steps", "normalisation", "auc")
-"""Config entries that must agree for records of several runs to share one table."""
+MERGED_FIELDS = ("methods", "method_params", "method_costs", "method_sources", "protocols")
+"""Run-config fields that are unioned when runs of different methods or protocols share one table."""
+MIXABLE = ("seed", "layers", "units")
+"""What ``allow_mixed`` lets differ between merged runs (never the curve rules or the suite)."""
 
 
 class ResultsError(CafeBenchError):
@@ -34,7 +45,15 @@ def read_run(run_dir: Path) -> tuple[pd.DataFrame, dict]:
     if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
         raise ResultsError(f"{run_path}: lacks the run config")
     try:
-        records = latest(read_records(results, required=RECORD_FIELDS))
+        check_version(doc, str(run_path))
+        RunConfig.from_dict(doc["config"], f"{run_path}: config")
+        rows = read_records(results, required=RECORD_FIELDS)  # names file and line
+        versions = {row["schema_version"] for row in rows}
+        if versions - {SCHEMA_VERSION}:
+            check_version({"schema_version": min(versions - {SCHEMA_VERSION})}, f"a record of {results}")
+        records = latest(rows)
+    except SchemaError as exc:
+        raise ResultsError(str(exc)) from None
     except CafeBenchError as exc:
         raise ResultsError(str(exc)) from None
     if not records:
@@ -42,29 +61,59 @@ def read_run(run_dir: Path) -> tuple[pd.DataFrame, dict]:
     return pd.DataFrame(records), doc
 
 
-def read_runs(run_dirs) -> tuple[pd.DataFrame, dict]:
-    """Records of several runs (e.g. built-in methods and a plugin) as one table, and the first run's document.
+def unit_set(records: pd.DataFrame) -> set:
+    """The units (layer, feature, image_id, token) that ``records`` cover."""
+    return set(map(tuple, records[list(UNIT_FIELDS)].itertuples(index=False, name=None)))
 
-    The runs must agree on suite, suite files, baseline, steps and curve rules; a unit x method x protocol
-    stored twice is refused.
+
+def _describe(value) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def config_difference(a: dict, b: dict, keys) -> str | None:
+    """``"KEY A vs B"`` for the first of ``keys`` where configs ``a`` and ``b`` differ, or None."""
+    for key in keys:
+        if a.get(key) != b.get(key):
+            return f"{key} {_describe(a.get(key))} vs {_describe(b.get(key))}"
+    return None
+
+
+def read_runs(run_dirs, allow_mixed: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Records of several runs (e.g. built-in methods and a plugin) as one table, and one run document whose
+    config lists every run's methods and protocols.
+
+    The runs must agree on suite, suite version and files, baseline, steps and curve rules, and (unless
+    ``allow_mixed``) on seed, layers and unit set; a unit x method x protocol stored twice is refused. Raises
+    ResultsError naming what differs, e.g. ``seed 0 vs 1``.
     """
     run_dirs = [Path(d) for d in run_dirs]
     if not run_dirs:
         raise ResultsError("no results directory given")
-    frames, first_doc = [], None
+    frames, first_doc, first_units = [], None, None
     for run_dir in run_dirs:
         records, doc = read_run(run_dir)
+        units = unit_set(records)
         if first_doc is None:
-            first_doc = doc
+            first_doc, first_units = json.loads(json.dumps(doc)), units
         else:
-            for key in COMPARABLE:
-                if doc["config"].get(key) != first_doc["config"].get(key):
-                    raise ResultsError(
-                        f"{run_dir / RUN}: {key} differs from {run_dirs[0] / RUN} "
-                        f"({json.dumps(doc['config'].get(key))} vs "
-                        f"{json.dumps(first_doc['config'].get(key))}); runs of different configs "
-                        "cannot share one table"
-                    )
+            config, first = doc["config"], first_doc["config"]
+            differ = config_difference(config, first, IDENTITY_FIELDS)
+            if differ is None and not allow_mixed:
+                differ = config_difference(config, first, MIXABLE)
+                if differ is None and units != first_units:
+                    differ = f"unit set ({len(units)} units vs {len(first_units)}, {len(units ^ first_units)} differ)"
+            if differ is not None:
+                hint = "" if allow_mixed else " (pass --allow-mixed to table runs of different seeds or units)"
+                raise ResultsError(
+                    f"{run_dir} and {run_dirs[0]} cannot share one table: {differ}"
+                    + (hint if differ.split()[0] in (*MIXABLE, "unit") else "")
+                )
+            for key in MERGED_FIELDS:
+                if isinstance(first[key], dict):
+                    first[key] = {**first[key], **config[key]}
+                else:
+                    first[key] = list(dict.fromkeys([*first[key], *config[key]]))
         frames.append(records.assign(run_dir=str(run_dir)))
     table = pd.concat(frames, ignore_index=True)
     dup = table.duplicated(list(KEY_FIELDS), keep=False)
@@ -73,3 +122,6 @@ def read_runs(run_dirs) -> tuple[pd.DataFrame, dict]:
         key = ", ".join(f"{f}={row[f]}" for f in KEY_FIELDS)
         raise ResultsError(f"{row['run_dir']}: record ({key}) is stored in more than one run")
     return table, first_doc
+
+
+__all__ = ["ResultsError", "read_run", "read_runs", "unit_set", "unit_key", "config_difference"]

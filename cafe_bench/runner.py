@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -11,12 +12,14 @@ import torch
 from tqdm.auto import tqdm
 
 from cafe_bench.attributors.base import AttributorError
-from cafe_bench.attributors.registry import get_attributor
+from cafe_bench.attributors.registry import attributor_source, attributor_version, get_attributor
 from cafe_bench.errors import CafeBenchError, RunConfigError, UnknownNameError
 from cafe_bench.protocols.baselines import check_baseline
-from cafe_bench.protocols.engine import PROTOCOLS, check_protocol, normalised, run_curves
+from cafe_bench.protocols.engine import check_steps, normalised, run_curves
+from cafe_bench.protocols.registry import DEFAULT_PROTOCOLS, get_protocol
+from cafe_bench.schema import DEAD, Record, RunConfig, record_key, scores_key, status_kind
 from cafe_bench.stats import auc
-from cafe_bench.store import RunStore, open_store, record_key
+from cafe_bench.store import RunStore, open_store
 
 DEFAULT_METHODS = (
     "activation",
@@ -58,63 +61,88 @@ def _as_list(value, default, what: str) -> list:
     return value
 
 
+def build_attributors(methods, method_args: dict | None) -> dict:
+    """{name: configured attributor}; ``method_args`` maps a method to its parameters. A method in
+    ``method_args`` that is not run, an unknown method or parameter raises CafeBenchError naming the valid ones."""
+    method_args = dict(method_args or {})
+    extra = [m for m in method_args if m not in methods]
+    if extra:
+        raise RunConfigError(f"--method-args names {extra[0]!r}, which is not run; methods run: {', '.join(methods)}")
+    return {m: get_attributor(m, **method_args.get(m, {})) for m in methods}
+
+
 def build_config(suite, attributors: dict, protocols, layers, baseline, steps, seed) -> dict:
-    """Validate the choices against the suite; the config recorded in run.json."""
+    """Validate the choices against the suite; the config recorded in run.json (a :class:`RunConfig`)."""
     for p in protocols:
-        check_protocol(p)
+        get_protocol(p)
     suite.check_layers(layers)
     check_baseline(baseline)
-    if int(steps) < 1:
-        raise RunConfigError(f"steps must be a positive integer, got {steps}")
-    return {
-        "suite": suite.name,
-        "suite_files": suite.hashes,
-        "methods": list(attributors),
-        "method_params": {m: a.params() for m, a in attributors.items()},
-        "method_costs": {m: asdict(a.cost(suite.backbone.n_patches)) for m, a in attributors.items()},
-        "protocols": list(protocols),
-        "layers": [int(layer) for layer in layers],
-        "baseline": baseline,
-        "blur_sigma": suite.protocol_defaults.get("blur_sigma", 4.0),
-        "steps": int(steps),
-        "seed": int(seed),
-        "normalisation": NORMALISATION,
-        "auc": AUC_RULE,
-    }
+    config = RunConfig(
+        suite=suite.name,
+        suite_version=suite.version,
+        suite_files=suite.hashes,
+        methods=list(attributors),
+        method_params={m: a.params() for m, a in attributors.items()},
+        method_costs={m: asdict(a.cost(suite.backbone.n_patches)) for m, a in attributors.items()},
+        method_sources={
+            m: {"source": attributor_source(m), "version": attributor_version(m), "deterministic": a.deterministic}
+            for m, a in attributors.items()
+        },
+        protocols=list(protocols),
+        layers=[int(layer) for layer in layers],
+        baseline=baseline,
+        blur_sigma=suite.protocol_defaults.get("blur_sigma", 4.0),
+        steps=check_steps(steps, suite.backbone.n_patches),
+        seed=int(seed),
+        normalisation=NORMALISATION,
+        auc=AUC_RULE,
+    )
+    return json.loads(json.dumps(config.to_dict()))  # JSON types, as stored
 
 
 def _records(target, method, protocol, curves, config, status_override=None) -> list[dict]:
     clean = target.clean.detach().cpu().numpy().astype(np.float64)
     norm = normalised(curves, clean) if curves is not None else None
-    base = {
-        "suite": config["suite"],
-        "method": method,
-        "protocol": protocol,
-        "baseline": config["baseline"],
-        "steps": config["steps"],
-    }
+    source = config["method_sources"][method]
     out = []
     for i, unit in enumerate(target.units):
-        rec = {
-            **base,
-            "layer": unit.layer,
-            "feature": unit.feature,
-            "image_id": unit.image_id,
-            "token": unit.token,
+        fields = {
+            "suite": config["suite"],
+            "suite_version": config["suite_version"],
+            **dict(zip(("layer", "feature", "image_id", "token"), unit.key(), strict=True)),
+            "method": method,
+            "method_params": config["method_params"][method],
+            "method_source": source["source"],
+            "method_version": source["version"],
+            "protocol": protocol,
+            "higher_is_better": get_protocol(protocol).higher_is_better,
+            "baseline": config["baseline"],
+            "steps": config["steps"],
             "seed": target.seeds[i],
             "clean_activation": float(clean[i]),
+            "scores_key": scores_key(*unit.key(), method),
         }
         if status_override is not None:
-            rec.update(status=status_override, fractions=None, curve=None, auc=None)
+            fields.update(status=status_override, fractions=None, curve=None, auc=None, scores_key=None)
         elif clean[i] == 0:
-            rec.update(
-                status="skipped: dead feature (z_k of the clean image is 0)", fractions=None, curve=None, auc=None
-            )
+            fields.update(status=DEAD, fractions=None, curve=None, auc=None)
         else:
             curve = norm[i].tolist()
-            rec.update(status="ok", fractions=curves.fractions.tolist(), curve=curve, auc=auc(curves.fractions, curve))
-        out.append(rec)
+            fields.update(
+                status="ok", fractions=curves.fractions.tolist(), curve=curve, auc=auc(curves.fractions, curve)
+            )
+        out.append(Record(**fields).to_dict())
     return out
+
+
+def failure_summary(records) -> list[str]:
+    """One line per method with failed records: the count and the first failure's message."""
+    lines = []
+    failed = [r for r in records if status_kind(r["status"]) == "failed"]
+    for method in dict.fromkeys(r["method"] for r in failed):
+        mine = [r for r in failed if r["method"] == method]
+        lines.append(f"{method}: {len(mine)} failed record(s); first: {mine[0]['status']}")
+    return lines
 
 
 def run(
@@ -132,25 +160,29 @@ def run(
     unit_batch: int = 32,
     forward_batch: int = 512,
     progress: bool = True,
+    method_args: dict | None = None,
 ):
     """Run methods x protocols on every unit of a suite and return the records as a pandas DataFrame.
 
     Args:
         suite: a built-in suite name or a loaded ``Suite`` (default ``"tiny"``).
         methods: attributor names (default: every built-in, see ``DEFAULT_METHODS``).
-        protocols: ``insertion`` and/or ``deletion`` (default both).
+        protocols: registered protocol names (default ``insertion`` and ``deletion``; also ``insertion_lerf``,
+            ``deletion_lerf``).
         layers: SAE layers to run (default all of the suite's).
-        baseline: ``blur`` (suite default), ``mean`` or ``zero``.
-        steps: curve steps S (default: the suite's, 16 for tiny).
+        baseline: a registered baseline, ``blur`` (suite default), ``mean`` or ``zero``.
+        steps: curve steps S in 1..P (default: the suite's, 16 for tiny).
         seed: run seed; per-unit seeds derive from it (default 0).
         device: ``cpu`` (default), ``cuda`` or ``auto``.
-        out: directory for ``results.jsonl`` and ``run.json``; None keeps results in memory only.
+        out: directory for ``results.jsonl``, ``scores.npz`` and ``run.json``; None keeps results in memory only.
         resume: continue a run stored in ``out`` with the same config, skipping finished work.
         units: run these ``Unit``s instead of the suite's frozen feature set (recorded in the config).
         unit_batch: units attributed together (default 32); forward_batch: images per forward (default 512).
         progress: show a progress bar on stderr.
+        method_args: ``{method: {parameter: value}}`` (default: every method's defaults); validated, recorded.
     Returns:
-        DataFrame, one row per unit x method x protocol (the stored records, finished ones included).
+        DataFrame, one row per unit x method x protocol (the stored records, finished ones included). Failed
+        records are stored with status ``failed: ...``; see :func:`failure_summary`.
     """
     import pandas as pd
 
@@ -167,12 +199,13 @@ def run(
     if int(seed) < 0:
         raise RunConfigError(f"seed must be a non-negative integer, got {seed}")
     methods = _as_list(methods, DEFAULT_METHODS, "methods")
-    protocols = _as_list(protocols, PROTOCOLS, "protocols")
+    protocols = _as_list(protocols, DEFAULT_PROTOCOLS, "protocols")
     layers = [int(layer) for layer in _as_list(layers, suite.layers, "layers")]
     baseline = baseline or suite.protocol_defaults["baseline"]
-    steps = int(steps if steps is not None else suite.protocol_defaults["steps"])
-    attributors = {m: get_attributor(m) for m in methods}  # unknown names raise here, listing the valid ones
+    steps = steps if steps is not None else suite.protocol_defaults["steps"]
+    attributors = build_attributors(methods, method_args)  # unknown names and parameters raise here
     config = build_config(suite, attributors, protocols, layers, baseline, steps, seed)
+    steps = config["steps"]
     if units is None:
         units = suite.units(layers)
     else:
@@ -210,7 +243,7 @@ def run(
                 if not todo[m]:
                     continue
                 t0 = time.perf_counter()
-                batch_records = []
+                batch_records, batch_scores = [], {}
                 try:
                     scores = attributors[m].scores(target)
                 except AttributorError as exc:
@@ -220,22 +253,29 @@ def run(
                     for p in todo[m]:
                         batch_records += _records(target, m, p, None, config, status_override=f"failed: {exc}")
                 else:
+                    scores_np = scores.detach().cpu().numpy().astype(np.float32)
+                    batch_scores = {scores_key(*u.key(), m): scores_np[i] for i, u in enumerate(chunk)}
                     for p in todo[m]:
                         curves = run_curves(target, scores, p, steps, forward_batch, endpoints)
                         batch_records += _records(target, m, p, curves, config)
                 batch_records = [r for r in batch_records if record_key(r) not in store.done]
-                store.append(batch_records)
+                store.append(batch_records, batch_scores)
                 timings[m] += time.perf_counter() - t0
                 all_records += batch_records
                 bar.update(len(chunk) * len(todo[m]))
     bar.close()
     wall = time.perf_counter() - started
     if out is not None:
+        store.merge_scores()
+        records = store.records()
         store.update_run(
-            status="finished", wall_time_s=round(wall, 3), method_time_s={m: round(t, 3) for m, t in timings.items()}
+            status="finished",
+            wall_time_s=round(wall, 3),
+            method_time_s={m: round(t, 3) for m, t in timings.items()},
+            n_failed=sum(status_kind(r["status"]) == "failed" for r in records),
         )
-        return pd.DataFrame(store.records())
+        return pd.DataFrame(records)
     return pd.DataFrame(all_records)
 
 
-__all__ = ["run", "DEFAULT_METHODS", "CafeBenchError"]
+__all__ = ["run", "failure_summary", "DEFAULT_METHODS", "CafeBenchError"]

@@ -7,7 +7,8 @@ from itertools import combinations
 import pandas as pd
 from scipy.stats import kendalltau
 
-from cafe_bench.results import COMPARABLE, ResultsError, read_run
+from cafe_bench.results import ResultsError, read_run
+from cafe_bench.schema import IDENTITY_FIELDS
 
 AGREEMENT_COLUMNS = ["protocol", "baseline_a", "baseline_b", "n_methods", "kendall_tau", "p_value"]
 
@@ -25,7 +26,7 @@ def baseline_agreement(run_dirs) -> pd.DataFrame:
     in both runs of a pair are ranked by mean AUC over all their units (scipy.stats.kendalltau, tau-b).
     """
     runs, first = {}, None
-    keys = [k for k in COMPARABLE if k != "baseline"] + ["layers"]
+    keys = [k for k in IDENTITY_FIELDS if k != "baseline"] + ["layers", "seed"]
     for run_dir in run_dirs:
         records, doc = read_run(run_dir)
         first = first or (run_dir, doc["config"])

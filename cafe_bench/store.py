@@ -1,30 +1,46 @@
-"""The run store: ``run.json`` (config and provenance) and ``results.jsonl`` (one record per unit x method x
-protocol), appended atomically per finished batch so that a killed run resumes without losing finished work.
+"""The run store: ``run.json`` (config and provenance), ``results.jsonl`` (one record per unit x method x
+protocol, see :mod:`cafe_bench.schema`) and ``scores.npz`` (float32 patch scores per unit x method, keyed by
+the records' ``scores_key``), written per finished batch so that a killed run resumes without losing work.
+
+While a run goes on, each batch's scores are written to ``scores/part-*.npz`` before its records are appended,
+so every stored record has its scores; a finished run merges the parts into ``scores.npz``.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import uuid
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from cafe_bench.errors import RunConfigError
-from cafe_bench.suites.manifest import write_json_atomic
+from cafe_bench.files import append_fsync, write_json_atomic, write_npz_atomic
+from cafe_bench.schema import KEY_FIELDS, SCHEMA_VERSION, record_key, status_kind
 
 RESULTS = "results.jsonl"
 RUN = "run.json"
-KEY_FIELDS = ("layer", "feature", "image_id", "token", "method", "protocol")
-
-
-def record_key(record: dict) -> tuple:
-    """(layer, feature, image_id, token, method, protocol) of a record."""
-    return tuple(record[f] for f in KEY_FIELDS)
+SCORES = "scores.npz"
+SCORE_PARTS = "scores"
+__all__ = ["KEY_FIELDS", "RESULTS", "RUN", "SCORES", "RunStore", "open_store", "read_records", "record_key"]
 
 
 def is_done(record: dict) -> bool:
     """Finished for good: ok or skipped. A failed record is retried on resume."""
-    return not str(record.get("status", "")).startswith("failed")
+    return status_kind(record.get("status", "")) != "failed"
+
+
+def read_scores(run_dir: Path) -> dict:
+    """Every stored patch-score map of a run: ``scores_key`` -> float32 array (gh, gw)."""
+    run_dir = Path(run_dir)
+    paths = [run_dir / SCORES] + sorted((run_dir / SCORE_PARTS).glob("part-*.npz"))
+    out = {}
+    for path in paths:
+        if path.is_file():
+            with np.load(path) as npz:
+                out.update({k: npz[k] for k in npz.files})
+    return out
 
 
 def latest(records: list[dict]) -> list[dict]:
@@ -92,20 +108,31 @@ class RunStore:
     def results_path(self) -> Path:
         return self.out_dir / RESULTS
 
-    def append(self, records: list[dict]) -> None:
-        """Append records in one write followed by fsync. A killed write leaves whole lines of the batch and at
-        most one partial last line, which readers drop; the missing records are recomputed on resume."""
+    def append(self, records: list[dict], scores: dict | None = None) -> None:
+        """Store ``scores`` (``scores_key`` -> (gh, gw) map) as one part file, then append the records in one
+        write followed by fsync. A killed write leaves whole lines of the batch and at most one partial last
+        line, which readers drop; the missing records are recomputed on resume."""
         if not records:
             return
-        if self.out_dir is None:
-            self.done.update(record_key(r) for r in records if is_done(r))
-            return
-        payload = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
-        with open(self.results_path, "ab") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
+        if self.out_dir is not None:
+            if scores:
+                parts = self.out_dir / SCORE_PARTS
+                parts.mkdir(exist_ok=True)
+                arrays = {k: np.asarray(v, dtype=np.float32) for k, v in scores.items()}
+                write_npz_atomic(parts / f"part-{uuid.uuid4().hex}.npz", arrays)
+            payload = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
+            append_fsync(self.results_path, payload)
         self.done.update(record_key(r) for r in records if is_done(r))
+
+    def merge_scores(self) -> None:
+        """Merge the part files into ``scores.npz`` (atomic), then remove the parts."""
+        parts = sorted((self.out_dir / SCORE_PARTS).glob("part-*.npz"))
+        if not parts:
+            return
+        write_npz_atomic(self.out_dir / SCORES, read_scores(self.out_dir))
+        for part in parts:
+            part.unlink()
+        (self.out_dir / SCORE_PARTS).rmdir()
 
     def update_run(self, **fields) -> None:
         """Merge ``fields`` into run.json (atomic rewrite)."""
@@ -127,9 +154,12 @@ def check_out_dir(out_dir: Path, config: dict, resume: bool) -> None:
         raise RunConfigError(f"--out {out_dir} is a file; give a directory")
     if run_path.exists():
         try:
-            old = json.loads(run_path.read_text()).get("config", {})
+            old_doc = json.loads(run_path.read_text())
         except ValueError:
             raise RunConfigError(f"{run_path}: not valid JSON; choose another --out") from None
+        if not isinstance(old_doc, dict) or old_doc.get("schema_version", 1) != SCHEMA_VERSION:
+            raise RunConfigError(f"{out_dir} holds a run of an older cafe_bench (another schema); choose another --out")
+        old = old_doc.get("config", {})
         new = json.loads(json.dumps(config))
         if old != new:
             raise RunConfigError(
@@ -162,7 +192,7 @@ def open_store(out_dir: Path, config: dict, provenance: dict, resume: bool) -> R
                 {k: previous.get(k) for k in ("provenance", "status", "wall_time_s", "method_time_s")},
             ]
         doc = {
-            "schema_version": 1,
+            "schema_version": SCHEMA_VERSION,
             "config": config,
             "provenance": provenance,
             "status": "running",

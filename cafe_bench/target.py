@@ -63,6 +63,11 @@ class Target:
         return self.images.device
 
     @property
+    def pixel_mean(self) -> torch.Tensor:
+        """(1, 3, 1, 1) the mean the model subtracts from pixels before its first layer (its input normalisation)."""
+        return self.backbone.mean
+
+    @property
     def n_patches(self) -> int:
         """gh * gw."""
         return self.grid[0] * self.grid[1]

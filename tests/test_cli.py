@@ -11,11 +11,27 @@ from cafe_bench.cli import main
     [
         (["run", "--methods", "activation,nope"], "unknown method 'nope'"),
         (["run", "--layers", "2"], "no SAE at layer 2; valid: 1, 3, 5"),
-        (["run", "--protocols", "insert"], "unknown protocol 'insert'; valid: insertion, deletion"),
+        (
+            ["run", "--protocols", "insert"],
+            "unknown protocol 'insert'; valid: insertion, deletion, deletion_lerf, insertion_lerf",
+        ),
         (["run", "--baseline", "gray"], "unknown baseline 'gray'; valid: blur, mean, zero"),
         (["run", "--suite", "huge"], "unknown suite 'huge'; valid: tiny"),
         (["run", "--device", "tpu"], "unknown device 'tpu'; valid: auto, cpu, cuda"),
-        (["run", "--steps", "0"], "steps must be a positive integer"),
+        (["run", "--steps", "0"], "steps must be an integer in 1..64 (the number of patches), got 0"),
+        (["run", "--steps", "65"], "steps must be an integer in 1..64 (the number of patches), got 65"),
+        (["run", "--steps", "1000000"], "steps must be an integer in 1..64 (the number of patches), got 1000000"),
+        (
+            ["run", "--method-args", "integrated_gradients:n_step=8"],
+            "unknown parameter 'n_step' for method 'integrated_gradients'; valid: n_steps (default 32)",
+        ),
+        (
+            ["run", "--methods", "activation", "--method-args", "smoothgrad:stdevs=0.2"],
+            "--method-args names 'smoothgrad', which is not run; methods run: activation",
+        ),
+        (["run", "--method-args", "occlusion:batch_size=0"], "batch_size must be a positive integer, got 0"),
+        (["run", "--method-args", "occlusion"], "--method-args: expected METHOD:KEY=VALUE[,KEY=VALUE]"),
+        (["run", "--method-args", "occlusion:batch_size"], "--method-args: expected KEY=VALUE for 'occlusion'"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line_and_write_nothing(argv, message, tmp_path, capsys):
@@ -63,6 +79,44 @@ def test_tampered_suite_exits_2_and_writes_nothing(suite, tmp_path, capsys):
     assert main(["run", "--suite", str(dst), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "sae_layer3.safetensors: checksum mismatch" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "manifest, message",
+    [
+        ({"name": "x"}, "suite manifest lacks field 'version'"),
+        ("not json", "suite.json: not valid JSON"),
+        ("drop:files", "suite manifest lacks field 'files'"),
+        ("drop:protocol.steps", "suite manifest lacks field 'protocol.steps'"),
+        ("type:saes", "field 'saes' has the wrong type (list)"),
+    ],
+)
+def test_malformed_suite_manifest_exits_2_naming_the_field(manifest, message, suite, tmp_path, capsys):
+    import json
+    import shutil
+
+    dst = tmp_path / "suite"
+    shutil.copytree(suite.path, dst)
+    doc = json.loads((dst / "suite.json").read_text())
+    if isinstance(manifest, dict):
+        text = json.dumps(manifest)
+    elif manifest == "not json":
+        text = "{"
+    else:
+        action, name = manifest.split(":")
+        if action == "drop" and "." in name:
+            del doc["protocol"]["steps"]
+        elif action == "drop":
+            del doc[name]
+        else:
+            doc[name] = []
+        text = json.dumps(doc)
+    (dst / "suite.json").write_text(text)
+    out = tmp_path / "out"
+    assert main(["run", "--suite", str(dst), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
 
 

@@ -48,5 +48,15 @@ def test_stored_records_match_a_fresh_run_of_the_fast_methods(committed):
 
 
 def test_the_board_gates_its_own_run(capsys):
-    assert main(["compare", str(BOARDS / "tiny"), "--baseline", str(BOARDS / "tiny.json")]) == 0
-    assert "no regression" in capsys.readouterr().out
+    assert main(["compare", str(BOARDS / "tiny"), "--board", str(BOARDS / "tiny.json")]) == 0
+    assert "PASS: no regression" in capsys.readouterr().out
+
+
+def test_the_board_holds_every_units_auc(committed):
+    records, _, board = committed
+    assert board["schema_version"] == 2 and board["suite_version"] == "1"
+    stored = {tuple(u[:6]): (u[6], u[7]) for u in board["units"]}
+    assert len(stored) == len(records)
+    for rec in records.to_dict("records"):
+        status, value = stored[record_key(rec)]
+        assert status == rec["status"] and (value == rec["auc"] or (value is None and rec["auc"] != rec["auc"]))

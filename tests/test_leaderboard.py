@@ -26,69 +26,37 @@ def _copy(run_dir, tmp_path, name="copy"):
     return dst
 
 
+def _row(method, protocol, mean, low, high, ranked=True):
+    return {
+        "method": method,
+        "layer": 1,
+        "protocol": protocol,
+        "higher_is_better": protocol == "insertion",
+        "n_units": 4,
+        "mean": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "ranked": ranked,
+    }
+
+
 def test_best_and_ties_follow_the_protocol_direction():
     summary = pd.DataFrame(
         [
-            {
-                "method": "a",
-                "layer": 1,
-                "protocol": "insertion",
-                "n_units": 4,
-                "mean": 0.9,
-                "ci_low": 0.8,
-                "ci_high": 1.0,
-            },
-            {
-                "method": "b",
-                "layer": 1,
-                "protocol": "insertion",
-                "n_units": 4,
-                "mean": 0.85,
-                "ci_low": 0.7,
-                "ci_high": 0.82,
-            },
-            {
-                "method": "c",
-                "layer": 1,
-                "protocol": "insertion",
-                "n_units": 4,
-                "mean": 0.5,
-                "ci_low": 0.4,
-                "ci_high": 0.6,
-            },
-            {
-                "method": "a",
-                "layer": 1,
-                "protocol": "deletion",
-                "n_units": 4,
-                "mean": 0.5,
-                "ci_low": 0.4,
-                "ci_high": 0.6,
-            },
-            {
-                "method": "b",
-                "layer": 1,
-                "protocol": "deletion",
-                "n_units": 4,
-                "mean": 0.2,
-                "ci_low": 0.1,
-                "ci_high": 0.3,
-            },
-            {
-                "method": "c",
-                "layer": 1,
-                "protocol": "deletion",
-                "n_units": 4,
-                "mean": 0.3,
-                "ci_low": 0.25,
-                "ci_high": 0.5,
-            },
+            _row("a", "insertion", 0.9, 0.8, 1.0),
+            _row("b", "insertion", 0.85, 0.7, 0.82),
+            _row("c", "insertion", 0.5, 0.4, 0.6),
+            _row("d", "insertion", 0.99, 0.95, 1.0, ranked=False),  # highest mean, but it failed somewhere
+            _row("a", "deletion", 0.5, 0.4, 0.6),
+            _row("b", "deletion", 0.2, 0.1, 0.3),
+            _row("c", "deletion", 0.3, 0.25, 0.5),
         ]
     )
     marked = mark_best(summary).set_index(["method", "protocol"])
     assert marked.loc[("a", "insertion"), "best"] and not marked.loc[("a", "insertion"), "tied"]
     assert marked.loc[("b", "insertion"), "tied"]  # 0.82 >= 0.8: overlaps
     assert not marked.loc[("c", "insertion"), "tied"] and not marked.loc[("c", "insertion"), "best"]
+    assert not marked.loc[("d", "insertion"), "best"] and not marked.loc[("d", "insertion"), "tied"]
     assert marked.loc[("b", "deletion"), "best"]  # lower is better
     assert marked.loc[("c", "deletion"), "tied"] and not marked.loc[("a", "deletion"), "tied"]
 
@@ -111,8 +79,9 @@ def test_leaderboard_formats(run_dir, fmt, capsys):
         assert "| method" in out and "**" in out and "L5 insertion" in out
     elif fmt == "csv":
         header = out.splitlines()[0].split(",")
-        assert header[:7] == ["method", "layer", "protocol", "n_units", "n_skipped", "mean", "ci_low"][:7]
-        assert {"ci_high", "best", "tied"} <= set(header) and len(out.splitlines()) == 1 + 3 * 2 * 2
+        assert header[:5] == ["method", "layer", "protocol", "higher_is_better", "n_units"]
+        assert {"n_failed", "n_dead", "ci_high", "ranked", "best", "tied"} <= set(header)
+        assert len(out.splitlines()) == 1 + 3 * 2 * 2
     elif fmt == "latex":
         assert "\\toprule" in out and "\\midrule" in out and "\\bottomrule" in out and "\\textbf{" in out
     else:
@@ -162,10 +131,51 @@ def test_a_partial_last_line_is_ignored_with_a_warning(run_dir, tmp_path):
 def test_runs_of_different_configs_cannot_share_a_table(run_dir, tmp_path):
     other = tmp_path / "zero"
     cafe_bench.run("tiny", out=other, baseline="zero", methods=["activation"], layers=[1], progress=False)
-    with pytest.raises(ResultsError, match="baseline differs"):
+    with pytest.raises(ResultsError, match='cannot share one table: baseline "zero" vs "blur"'):
         read_runs([run_dir, other])
     with pytest.raises(ResultsError, match="stored in more than one run"):
         read_runs([run_dir, _copy(run_dir, tmp_path, "twin")])
+
+
+def test_runs_of_different_seeds_or_units_are_refused_unless_allowed(run_dir, tmp_path, capsys):
+    seed1 = tmp_path / "seed1"
+    cafe_bench.run("tiny", out=seed1, seed=1, methods=["grad_x_input"], layers=[1, 5], progress=False)
+    assert main(["leaderboard", str(run_dir), str(seed1)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot share one table: seed 1 vs 0 (pass --allow-mixed" in err and err.count("\n") == 1
+    assert main(["leaderboard", str(run_dir), str(seed1), "--allow-mixed", "--n-resamples", "50"]) == 0
+    capsys.readouterr()
+    layer1 = tmp_path / "layer1"
+    cafe_bench.run("tiny", out=layer1, methods=["grad_x_input"], layers=[1], progress=False)
+    assert main(["leaderboard", str(run_dir), str(layer1)]) == 2
+    assert "layers [1] vs [1, 5]" in capsys.readouterr().err
+    # a merged table's config lists every run's methods, so the board names them all
+    records, doc = read_runs([run_dir, seed1], allow_mixed=True)
+    assert doc["config"]["methods"] == ["activation", "random", "gradient", "grad_x_input"]
+
+
+def test_failed_methods_are_shown_unranked_and_ranking_uses_common_units(run_dir):
+    records, _ = read_run(run_dir)
+    sel = (records.method == "gradient") & (records.layer == 1) & (records.protocol == "insertion")
+    first = records[sel].index[:3]
+    broken = records.copy()
+    broken.loc[first, "status"] = "failed: attributor 'gradient' raised ValueError: x"
+    broken.loc[first, "auc"] = None
+    dead = records[(records.layer == 5) & (records.feature == records[records.layer == 5].feature.iloc[0])]
+    broken.loc[dead.index, "status"] = "skipped: dead feature (z_k of the clean image is 0)"
+    summary = summarize(broken, n_resamples=100).set_index(["method", "layer", "protocol"])
+    row = summary.loc[("gradient", 1, "insertion")]
+    assert not row["ranked"] and not row["best"] and not row["tied"]
+    assert (row["n_failed"], row["n_dead"], row["n_units"]) == (3, 0, 29)
+    ok = records[sel].iloc[3:]
+    assert row["mean"] == pytest.approx(ok["auc"].mean())  # its own ok units, shown for information
+    assert summary.loc[("activation", 1, "insertion"), "ranked"]
+    assert summary.loc[("activation", 1, "insertion"), "n_units"] == 32
+    n_dead = len(dead[(dead.method == "random") & (dead.protocol == "deletion")])
+    assert summary.loc[("random", 5, "deletion"), "n_dead"] == n_dead > 0
+    assert summary.loc[("random", 5, "deletion"), "n_units"] == 32 - n_dead
+    text = render(summary.reset_index(), "md")
+    assert "(3 failed, unranked)" in text
 
 
 def test_plugin_and_builtin_runs_merge_into_one_board(run_dir, tmp_path, capsys):
@@ -175,53 +185,6 @@ def test_plugin_and_builtin_runs_merge_into_one_board(run_dir, tmp_path, capsys)
     assert set(records["method"]) == {"activation", "random", "gradient", "grad_x_input"}
     assert main(["leaderboard", str(run_dir), str(extra), "--by", "layer"]) == 0
     assert "grad_x_input" in capsys.readouterr().out
-
-
-def test_compare_gate(run_dir, tmp_path, capsys):
-    stem = tmp_path / "board"
-    assert main(["leaderboard", str(run_dir), "--save", str(stem), "--n-resamples", "300"]) == 0
-    capsys.readouterr()
-    assert (tmp_path / "board.md").read_text().startswith("| method")
-    assert main(["compare", str(run_dir), "--baseline", str(stem) + ".json"]) == 0
-    assert "no regression" in capsys.readouterr().out
-    worse = _copy(run_dir, tmp_path, "worse")
-    lines = []
-    for line in (worse / "results.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec["method"] == "gradient" and rec["protocol"] == "insertion" and rec["layer"] == 5:
-            rec["auc"] -= 0.3
-        lines.append(json.dumps(rec))
-    (worse / "results.jsonl").write_text("\n".join(lines) + "\n")
-    assert main(["compare", str(worse), "--baseline", str(stem) + ".json"]) == 1
-    out = capsys.readouterr().out.splitlines()
-    assert len([line for line in out if line.startswith("REGRESSION")]) == 1
-    assert out[0].startswith("REGRESSION gradient layer 5 insertion")
-    # a small move inside the CI is not a regression, unless the rule is the absolute floor alone
-    slightly = _copy(run_dir, tmp_path, "slightly")
-    text = (slightly / "results.jsonl").read_text().splitlines()
-    recs = [json.loads(t) for t in text]
-    for rec in recs:
-        if rec["method"] == "activation" and rec["protocol"] == "deletion" and rec["layer"] == 1:
-            rec["auc"] += 0.03
-    (slightly / "results.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
-    assert main(["compare", str(slightly), "--baseline", str(stem) + ".json"]) == 0
-    assert main(["compare", str(slightly), "--baseline", str(stem) + ".json", "--rule", "abs"]) == 1
-
-
-def test_compare_refuses_incomparable_runs(run_dir, tmp_path, capsys):
-    stem = tmp_path / "board"
-    assert main(["leaderboard", str(run_dir), "--save", str(stem), "--n-resamples", "100"]) == 0
-    capsys.readouterr()
-    other = tmp_path / "steps8"
-    cafe_bench.run("tiny", out=other, steps=8, methods=["activation"], layers=[1], progress=False)
-    assert main(["compare", str(other), "--baseline", str(stem) + ".json"]) == 2
-    assert "different protocol config steps" in capsys.readouterr().err
-    board = json.loads((tmp_path / "board.json").read_text())
-    board["config"]["suite_files"]["features.json"] = "0" * 64
-    (tmp_path / "board.json").write_text(json.dumps(board))
-    assert main(["compare", str(run_dir), "--baseline", str(stem) + ".json"]) == 2
-    assert "different feature set hash" in capsys.readouterr().err
-    assert main(["compare", str(run_dir), "--baseline", str(tmp_path / "none.json")]) == 2
 
 
 def test_baseline_agreement_is_kendall_tau_of_method_means(run_dir, tmp_path, capsys):
@@ -249,20 +212,21 @@ def test_baseline_agreement_is_kendall_tau_of_method_means(run_dir, tmp_path, ca
 def test_render_rejects_unknown_format():
     with pytest.raises(ValueError, match="valid: md, csv, latex, html"):
         render(pd.DataFrame(), "pdf")
-    assert np.isnan(
-        summarize(
-            pd.DataFrame(
-                {
-                    "method": ["a"],
-                    "layer": [1],
-                    "protocol": ["insertion"],
-                    "status": ["skipped"],
-                    "auc": [None],
-                    "feature": [1],
-                }
-            )
-        )["mean"][0]
+    dead = summarize(
+        pd.DataFrame(
+            {
+                "method": ["a"],
+                "layer": [1],
+                "protocol": ["insertion"],
+                "status": ["skipped: dead feature"],
+                "auc": [None],
+                "feature": [1],
+                "image_id": [0],
+                "token": [0],
+            }
+        )
     )
+    assert np.isnan(dead["mean"][0]) and dead["n_dead"][0] == 1 and dead["n_failed"][0] == 0
 
 
 def test_paired_comparisons_are_oriented_and_holm_adjusted(run_dir, capsys):
@@ -283,36 +247,6 @@ def test_paired_comparisons_are_oriented_and_holm_adjusted(run_dir, capsys):
     assert "prob_improvement" in capsys.readouterr().out
     assert main(["paired", str(run_dir), "--reference", "nope"]) == 2
     assert "reference method 'nope' is not in the results" in capsys.readouterr().err
-
-
-def test_compare_needs_an_overlap_a_sane_floor_and_a_valid_board(run_dir, tmp_path, capsys):
-    stem = tmp_path / "board"
-    assert main(["leaderboard", str(run_dir), "--save", str(stem), "--n-resamples", "100"]) == 0
-    capsys.readouterr()
-    other = tmp_path / "other"
-    cafe_bench.run("tiny", out=other, methods=["grad_x_input"], layers=[1, 5], progress=False)
-    assert main(["compare", str(other), "--baseline", f"{stem}.json"]) == 2
-    assert "nothing to compare" in capsys.readouterr().err
-    for floor in ["nan", "-0.1"]:
-        assert main(["compare", str(run_dir), "--baseline", f"{stem}.json", "--floor", floor]) == 2
-        assert "floor must be a finite number >= 0" in capsys.readouterr().err
-    board = json.loads((tmp_path / "board.json").read_text())
-    del board["rows"][1]["layer"]
-    (tmp_path / "bad.json").write_text(json.dumps(board))
-    assert main(["compare", str(run_dir), "--baseline", str(tmp_path / "bad.json")]) == 2
-    assert "row 2 lacks one of" in capsys.readouterr().err
-
-
-def test_single_unit_board_rows_count_as_left_their_ci(run_dir, tmp_path, capsys):
-    stem = tmp_path / "board"
-    assert main(["leaderboard", str(run_dir), "--save", str(stem), "--n-resamples", "100"]) == 0
-    capsys.readouterr()
-    board = json.loads((tmp_path / "board.json").read_text())
-    row = next(r for r in board["rows"] if r["protocol"] == "insertion")
-    row.update(ci_low=None, ci_high=None, mean=row["mean"] + 0.5)  # the run now sits far below this row
-    (tmp_path / "board.json").write_text(json.dumps(board))
-    assert main(["compare", str(run_dir), "--baseline", str(tmp_path / "board.json")]) == 1
-    assert "no CI" in capsys.readouterr().out
 
 
 def test_baselines_refuse_runs_that_differ_in_more_than_the_baseline(run_dir, tmp_path):

@@ -194,3 +194,91 @@ def test_damaged_store_is_refused_before_anything_is_written(tmp_path):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     with pytest.raises(RunConfigError, match="cannot write|is a file"):
         cafe_bench.run("tiny", out=path / "sub", **FAST)
+
+
+def test_records_follow_the_schema_and_carry_method_parameters_and_version(tmp_path):
+    from cafe_bench import __version__
+    from cafe_bench.schema import RECORD_FIELDS, SCHEMA_VERSION
+
+    df = cafe_bench.run("tiny", out=tmp_path, method_args={"random": {}}, **FAST)
+    assert set(df.columns) == set(RECORD_FIELDS)
+    assert (df["schema_version"] == SCHEMA_VERSION).all() and (df["suite_version"] == "1").all()
+    assert (df["method_version"] == __version__).all()
+    assert (df["method_source"] == f"cafe-bench {__version__} (built-in)").all()
+    assert df.groupby("protocol")["higher_is_better"].first().to_dict() == {"insertion": True, "deletion": False}
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["config"]["method_sources"]["random"]["deterministic"] is False
+    assert run["config"]["suite_version"] == "1" and run["schema_version"] == SCHEMA_VERSION
+
+
+def test_a_curve_is_rederived_from_the_stored_patch_scores(tmp_path, suite):
+    import numpy as np
+    import torch
+
+    from cafe_bench.protocols.engine import normalised, run_curves
+    from cafe_bench.store import read_scores
+    from cafe_bench.target import Unit
+
+    df = cafe_bench.run("tiny", out=tmp_path, methods=["gradient"], layers=[3], progress=False)
+    assert not (tmp_path / "scores").exists()  # the parts were merged into scores.npz
+    scores = read_scores(tmp_path)
+    assert len(scores) == len(suite.units([3])) and all(v.dtype == np.float32 for v in scores.values())
+    rec = df[(df.protocol == "deletion") & (df.status == "ok")].iloc[5]
+    unit = Unit(int(rec.layer), int(rec.feature), int(rec.image_id), int(rec.token))
+    target = suite.target([unit])
+    stored = torch.from_numpy(scores[rec.scores_key])[None]
+    curves = run_curves(target, stored, "deletion", int(rec.steps))
+    curve = normalised(curves, target.clean.numpy())[0]
+    np.testing.assert_allclose(curve, rec.curve, rtol=1e-6, atol=1e-7)
+    assert cafe_bench.stats.auc(curves.fractions, curve) == pytest.approx(rec.auc, rel=1e-6)
+    # and the stored map is the method's map of that unit, in float32
+    fresh = cafe_bench.get_attributor("gradient").scores(target)[0].numpy()
+    np.testing.assert_array_equal(scores[rec.scores_key], fresh)
+
+
+def test_method_args_reach_the_method_and_are_recorded(tmp_path, suite):
+    import numpy as np
+
+    from cafe_bench.store import read_scores
+
+    units = suite.units([1])[:2]
+    df = cafe_bench.run(
+        "tiny",
+        out=tmp_path,
+        methods=["integrated_gradients"],
+        units=units,
+        protocols=["insertion"],
+        method_args={"integrated_gradients": {"n_steps": 4, "method": "riemann_trapezoid"}},
+        progress=False,
+    )
+    params = df["method_params"].iloc[0]
+    assert params == {"n_steps": 4, "method": "riemann_trapezoid", "batch_size": 64}
+    config = json.loads((tmp_path / "run.json").read_text())["config"]
+    assert config["method_params"]["integrated_gradients"] == params
+    stored = read_scores(tmp_path)[df["scores_key"].iloc[0]]
+    target = suite.target(units[:1])
+    mine = cafe_bench.get_attributor("integrated_gradients", n_steps=4, method="riemann_trapezoid").scores(target)
+    default = cafe_bench.get_attributor("integrated_gradients").scores(target)
+    np.testing.assert_allclose(stored, mine[0].numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(stored, default[0].numpy(), rtol=1e-3)
+
+
+def test_run_exits_1_after_writing_everything_else_when_a_method_fails(tmp_path, monkeypatch, capsys):
+    from cafe_bench.attributors.gradient import GradientAttributor
+    from cafe_bench.cli import main
+
+    monkeypatch.setattr(GradientAttributor, "attribute", lambda self, t: 1 / 0)
+    out = tmp_path / "out"
+    argv = ["run", "--methods", "activation,gradient", "--layers", "1", "--out", str(out), "--no-progress"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "some records failed (exit 1)" in err
+    assert "gradient: 64 failed record(s); first: failed: attributor 'gradient' raised ZeroDivisionError" in err
+    records = read_records(out / "results.jsonl")
+    assert len(records) == 128
+    assert all(r["status"] == "ok" for r in records if r["method"] == "activation")
+    assert json.loads((out / "run.json").read_text())["n_failed"] == 64
+    assert main([*argv, "--resume"]) == 1  # still failing: retried, still exit 1
+    capsys.readouterr()
+    monkeypatch.undo()
+    assert main([*argv, "--resume"]) == 0  # fixed: retried and finished

@@ -23,21 +23,32 @@ class Cost:
     backward: int = 0
 
 
+def positive_int(value, name: str) -> int:
+    """``value`` as a positive int (a method parameter); raises ValueError naming the parameter."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 class Attributor(abc.ABC):
     """Base class of every attribution method.
 
     Subclass it, set the class attributes, and implement :meth:`attribute` using only the public
     ``Target`` surface (``images``, ``baseline``, ``grid``, ``patch_size``, ``clean``, ``forward``; also
-    ``activations``, ``feature_map``, ``pool`` and ``seeds``). Configuration goes into ``__init__``
-    keyword arguments with defaults; :meth:`params` records them in every result.
+    ``activations``, ``feature_map``, ``pool``, ``pixel_mean`` and ``seeds``). Configuration goes into
+    ``__init__`` keyword arguments with defaults (``--method-args`` and ``get_attributor(name, **params)``
+    reach them; unknown keys are refused); :meth:`params` records them in every result and they are part of
+    a run's identity. A parameter that only batches work and never changes the scores is called
+    ``batch_size``; it is recorded but left out of the identity.
     """
 
     name: ClassVar[str] = ""
     """Registry name, set by ``register_attributor``."""
     needs_grad: ClassVar[bool] = False
-    """Whether the method backpropagates through the model."""
+    """Whether the method backpropagates through the model; a method without it runs under ``torch.no_grad``."""
     deterministic: ClassVar[bool] = True
-    """False if scores depend on randomness (then they must depend only on ``target.seeds``)."""
+    """False if scores depend on randomness (then they must depend only on ``target.seeds``): its results then
+    depend on the run seed, which becomes part of the identity that ``compare`` checks."""
 
     def cost(self, n_patches: int) -> Cost:
         """Passes per unit on a grid of ``n_patches`` patches (default: one forward)."""
@@ -57,7 +68,11 @@ class Attributor(abc.ABC):
     def scores(self, target) -> torch.Tensor:
         """:meth:`attribute`, pooled to patches and checked: finite float (B, gh, gw) on the target's device."""
         try:
-            raw = self.attribute(target)
+            if self.needs_grad:
+                raw = self.attribute(target)
+            else:
+                with torch.no_grad():
+                    raw = self.attribute(target)
         except CafeBenchError:
             raise
         except Exception as exc:  # a method's own bug is reported with its name, not as a crash of the run

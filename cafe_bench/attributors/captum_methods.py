@@ -7,12 +7,13 @@ index of each input row as an additional forward argument; captum expands it tog
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 
 import torch
 from captum.attr import FeatureAblation, IntegratedGradients, NoiseTunnel, Saliency
 
-from cafe_bench.attributors.base import Attributor, Cost
+from cafe_bench.attributors.base import Attributor, Cost, positive_int
 from cafe_bench.attributors.registry import register_attributor
 from cafe_bench.target import patches_to_pixels
 
@@ -63,7 +64,7 @@ def integrated_gradients(
     target,
     n_steps: int = 32,
     method: str = "gausslegendre",
-    internal_batch_size: int = 64,
+    batch_size: int = 64,
     return_convergence_delta: bool = False,
 ):
     """captum integrated gradients of every unit from its baseline image, pixel level (B, 3, H, W).
@@ -79,7 +80,7 @@ def integrated_gradients(
             additional_forward_args=(_unit_index(target),),
             n_steps=n_steps,
             method=method,
-            internal_batch_size=max(int(internal_batch_size), len(target)),
+            internal_batch_size=max(int(batch_size), len(target)),
             return_convergence_delta=return_convergence_delta,
         )
 
@@ -95,21 +96,22 @@ class IntegratedGradientsAttributor(Attributor):
     Args:
         n_steps: points on the path (default 32).
         method: captum's quadrature rule (default ``"gausslegendre"``; ``"riemann_trapezoid"`` etc.).
-        internal_batch_size: images per forward/backward pass (default 64; at least the number of units).
+        batch_size: images per forward/backward pass (default 64; at least the number of units). Does not
+            change the scores.
     """
 
     needs_grad = True
 
-    def __init__(self, n_steps: int = 32, method: str = "gausslegendre", internal_batch_size: int = 64):
-        self.n_steps = int(n_steps)
-        self.method = method
-        self.internal_batch_size = int(internal_batch_size)
+    def __init__(self, n_steps: int = 32, method: str = "gausslegendre", batch_size: int = 64):
+        self.n_steps = positive_int(n_steps, "n_steps")
+        self.method = str(method)
+        self.batch_size = positive_int(batch_size, "batch_size")
 
     def cost(self, n_patches: int) -> Cost:
         return Cost(forward=self.n_steps, backward=self.n_steps)
 
     def attribute(self, target) -> torch.Tensor:
-        return integrated_gradients(target, self.n_steps, self.method, self.internal_batch_size)
+        return integrated_gradients(target, self.n_steps, self.method, self.batch_size)
 
 
 @register_attributor("smoothgrad")
@@ -128,8 +130,10 @@ class SmoothGradAttributor(Attributor):
     deterministic = False
 
     def __init__(self, nt_samples: int = 16, stdevs: float = 0.1):
-        self.nt_samples = int(nt_samples)
+        self.nt_samples = positive_int(nt_samples, "nt_samples")
         self.stdevs = float(stdevs)
+        if not (math.isfinite(self.stdevs) and self.stdevs >= 0):
+            raise ValueError(f"stdevs must be a finite number >= 0, got {stdevs!r}")
 
     def cost(self, n_patches: int) -> Cost:
         return Cost(forward=self.nt_samples, backward=self.nt_samples)
@@ -161,12 +165,12 @@ class OcclusionAttributor(Attributor):
     z_k it causes (signed).
 
     Args:
-        perturbations_per_eval: ablated patches per forward pass; a pass holds this many images per unit
-            (default 16).
+        batch_size: ablated images per forward pass over all units of a batch (default 512); captum ablates
+            ``batch_size // B`` patches per unit and pass. Does not change the scores.
     """
 
-    def __init__(self, perturbations_per_eval: int = 16):
-        self.perturbations_per_eval = int(perturbations_per_eval)
+    def __init__(self, batch_size: int = 512):
+        self.batch_size = positive_int(batch_size, "batch_size")
 
     def cost(self, n_patches: int) -> Cost:
         """P + 1 forward passes per unit on a grid of P = ``n_patches`` patches: the clean image once, then each
@@ -181,7 +185,7 @@ class OcclusionAttributor(Attributor):
                 baselines=target.baseline,
                 additional_forward_args=(_unit_index(target),),
                 feature_mask=patch_mask(target),
-                perturbations_per_eval=self.perturbations_per_eval,
+                perturbations_per_eval=max(1, self.batch_size // len(target)),
             )
         # captum writes each patch's score on every pixel and channel of the patch: read one pixel per patch
         p = target.patch_size

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from cafe_bench.attributors.base import Attributor, Cost
+from cafe_bench.attributors.base import Attributor, Cost, positive_int
 from cafe_bench.attributors.registry import register_attributor
 from cafe_bench.target import patches_to_pixels
 
@@ -67,9 +67,9 @@ class KernelShapAttributor(Attributor):
     deterministic = False
 
     def __init__(self, n_samples: int = 256, l1_reg: bool | str | float = False, batch_size: int = 64):
-        self.n_samples = int(n_samples)
+        self.n_samples = positive_int(n_samples, "n_samples")
         self.l1_reg = l1_reg
-        self.batch_size = int(batch_size)
+        self.batch_size = positive_int(batch_size, "batch_size")
 
     def cost(self, n_patches: int) -> Cost:
         # at most n_samples coalitions, plus the background (baseline image) and the explained image

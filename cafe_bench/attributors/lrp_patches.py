@@ -159,4 +159,4 @@ def input_relevance(target, rules: str) -> torch.Tensor:
 
     with lrp_rules(rules):
         grad = input_gradient(target)
-    return (target.images.detach() - target.backbone.mean) * grad
+    return (target.images.detach() - target.pixel_mean) * grad

@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import inspect
+import json
 from importlib.metadata import entry_points
 
 from cafe_bench.errors import CafeBenchError, UnknownNameError
@@ -95,13 +97,79 @@ def attributor_class(name: str) -> type:
     return _REGISTRY[name]
 
 
-def get_attributor(name: str, **params):
-    """An instance of attributor ``name`` configured with ``params`` (defaults otherwise)."""
+def attributor_parameters(name: str) -> dict:
+    """The keyword parameters of attributor ``name`` and their defaults (from its ``__init__``)."""
     cls = attributor_class(name)
+    if cls.__init__ is object.__init__:
+        return {}
+    sig = inspect.signature(cls.__init__)
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {
+        p.name: (None if p.default is inspect.Parameter.empty else p.default)
+        for p in list(sig.parameters.values())[1:]
+        if p.kind in kinds
+    }
+
+
+def get_attributor(name: str, **params):
+    """An instance of attributor ``name`` configured with ``params`` (defaults otherwise); an unknown parameter
+    or a value the method refuses raises CafeBenchError naming the method's valid parameters."""
+    cls = attributor_class(name)
+    valid = attributor_parameters(name)
+    unknown = [k for k in params if k not in valid]
+    if unknown:
+        listed = ", ".join(f"{k} (default {v!r})" for k, v in valid.items()) or "none"
+        raise CafeBenchError(f"unknown parameter {unknown[0]!r} for method {name!r}; valid: {listed}")
     try:
         return cls(**params)
-    except TypeError as exc:
-        raise CafeBenchError(f"attributor {name!r} cannot be built with {params or 'no parameters'}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise CafeBenchError(f"method {name!r} refuses {params}: {exc}") from None
+
+
+def _parse_value(text: str):
+    """A ``--method-args`` value: JSON (numbers, true/false, null, quoted strings) or else the bare string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_method_args(text: str | None) -> dict:
+    """``'integrated_gradients:n_steps=64,method=riemann_trapezoid;smoothgrad:stdevs=0.1'`` ->
+    ``{"integrated_gradients": {"n_steps": 64, "method": "riemann_trapezoid"}, "smoothgrad": {"stdevs": 0.1}}``.
+
+    Raises CafeBenchError on malformed text (the keys are checked later, against each method).
+    """
+    out: dict[str, dict] = {}
+    for part in (text or "").split(";"):
+        if not part.strip():
+            continue
+        method, sep, body = part.partition(":")
+        if not sep or not method.strip():
+            raise CafeBenchError(f"--method-args: expected METHOD:KEY=VALUE[,KEY=VALUE], got {part.strip()!r}")
+        params = out.setdefault(method.strip(), {})
+        for item in body.split(","):
+            if not item.strip():
+                continue
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise CafeBenchError(f"--method-args: expected KEY=VALUE for {method.strip()!r}, got {item.strip()!r}")
+            params[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def attributor_version(name: str) -> str | None:
+    """Version of the package that provides ``name``: cafe_bench's for a built-in, the distribution's for a
+    plugin, the class's ``version`` attribute (or None) for a class registered in-process."""
+    cls = attributor_class(name)
+    if name in _BUILTINS and _BUILTINS[name] == f"{cls.__module__}:{cls.__qualname__}":
+        from cafe_bench import __version__
+
+        return __version__
+    eps = _entry_points()
+    if name in eps and eps[name].dist is not None:
+        return eps[name].dist.version
+    return getattr(cls, "version", None)
 
 
 def attributor_source(name: str) -> str:

@@ -95,7 +95,7 @@ def build_feature_set(
 
 def write_feature_set(path: Path, doc: dict) -> None:
     """Write the feature-set document (atomic)."""
-    from cafe_bench.suites.manifest import write_json_atomic
+    from cafe_bench.files import write_json_atomic
 
     write_json_atomic(path, doc)
 

@@ -12,17 +12,18 @@ from matplotlib.figure import Figure
 from cafe_bench.errors import CafeBenchError
 from cafe_bench.leaderboard import summarize
 from cafe_bench.plots.style import (
-    _BETTER,
-    _PROTOCOL_WORD,
     _STYLE,
     CURVE_SUMMARY_COLUMNS,
     LEVEL,
     _ci_name,
     _linestyle,
     _new_figure,
+    better_text,
     method_colour,
+    protocol_word,
     save_figure,
 )
+from cafe_bench.protocols.registry import higher_is_better, list_protocols
 from cafe_bench.stats import clustered_bootstrap_ci
 from cafe_bench.store import RESULTS
 
@@ -149,7 +150,7 @@ def curves_figure(
     summary = curve_summary(ok, protocol, n_resamples=n_resamples, level=level, seed=seed, ci_method=ci_method)
     aucs = ok.groupby("method")["auc"].mean()
     # legend order: best first (insertion: highest AUC, deletion: lowest)
-    methods = sorted(_methods(ok), key=lambda m: -aucs[m] if protocol != "deletion" else aucs[m])
+    methods = sorted(_methods(ok), key=lambda m: -aucs[m] if higher_is_better(protocol) else aucs[m])
     fig = _new_figure(7.8, 4.4)
     with mpl.rc_context(_STYLE):
         ax = fig.add_subplot()
@@ -169,7 +170,7 @@ def curves_figure(
                 s["fraction"], s["mean"], color=colour, ls=_linestyle(method), lw=1.8, marker="o", ms=2.5, label=label
             )
         ax.set_xlim(0, 1)
-        ax.set_xlabel(f"fraction of patches {_PROTOCOL_WORD.get(protocol, 'perturbed')}")
+        ax.set_xlabel(f"fraction of patches {protocol_word(protocol)}")
         ax.set_ylabel(r"$z_k\ /\ z_k(\mathrm{clean})$")
         ax.grid(True, color="0.92", lw=0.6)
         baselines = ", ".join(sorted(ok["baseline"].astype(str).unique()))
@@ -177,7 +178,7 @@ def curves_figure(
         ax.set_title(
             f"{protocol.capitalize()} curves, baseline: {baselines}, {_layers_text(ok['layer'])}\n"
             f"mean over units, {level:.0%} {_ci_name(ci_method)} band ({n_feat} features); "
-            f"{_BETTER.get(protocol, '')}",
+            f"{better_text(protocol)}",
             loc="left",
         )
         ax.legend(
@@ -219,8 +220,7 @@ def auc_by_layer_figure(
     """Two panels (insertion, deletion): mean AUC per method x layer with 95% clustered bootstrap CIs."""
     summary = summarize(records, n_resamples=n_resamples, level=LEVEL, seed=seed, ci_method=ci_method)
     summary = summary[summary["n_units"] > 0]
-    protocols = [p for p in ("insertion", "deletion") if p in set(summary["protocol"])]
-    protocols += sorted(set(summary["protocol"]) - set(protocols))
+    protocols = [p for p in list_protocols() if p in set(summary["protocol"])]
     methods = _methods(records[records["method"].isin(summary["method"])])
     layers = sorted(summary["layer"].unique())
     pos = {layer: i for i, layer in enumerate(layers)}
@@ -255,7 +255,7 @@ def auc_by_layer_figure(
             ax.set_xlabel("layer (SAE at transformer block)")
             ax.set_ylabel(f"{protocol} AUC")
             ax.grid(True, axis="y", color="0.92", lw=0.6)
-            ax.set_title(f"{protocol.capitalize()} ({_BETTER.get(protocol, '')})")
+            ax.set_title(f"{protocol.capitalize()} ({better_text(protocol)})")
         baselines = ", ".join(sorted(records["baseline"].astype(str).unique()))
         fig.suptitle(f"Mean AUC by layer, baseline: {baselines}\nerror bars: {LEVEL:.0%} {_ci_name(ci_method)} CI")
         handles, labels = axes[0].get_legend_handles_labels()

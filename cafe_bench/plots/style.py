@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
 from pathlib import Path
 
 import matplotlib as mpl
@@ -12,6 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cafe_bench.errors import CafeBenchError
+from cafe_bench.files import write_atomic
 
 LEVEL = 0.95
 """Confidence level of every band and error bar."""
@@ -62,8 +61,22 @@ _EXTRA_COLOURS = [
 
 _UNIT_COLUMNS = 6
 """Panels per row of a unit figure; more methods wrap to further rows."""
-_PROTOCOL_WORD = {"insertion": "inserted", "deletion": "deleted"}
-_BETTER = {"insertion": "higher AUC is better", "deletion": "lower AUC is better"}
+
+
+def protocol_word(protocol: str) -> str:
+    """How the x axis of a protocol's curve reads: ``inserted``/``deleted``, least relevant first for LeRF."""
+    from cafe_bench.protocols.registry import get_protocol
+
+    spec = get_protocol(protocol)
+    word = "inserted" if spec.start == "baseline" else "deleted"
+    return word + (" (least relevant first)" if spec.order == "least" else "")
+
+
+def better_text(protocol: str) -> str:
+    """``higher AUC is better`` or ``lower AUC is better``, from the protocol registry."""
+    from cafe_bench.protocols.registry import higher_is_better
+
+    return "higher AUC is better" if higher_is_better(protocol) else "lower AUC is better"
 
 
 def method_colour(method: str) -> str:
@@ -94,23 +107,18 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def save_figure(fig: Figure, out_path: str | Path) -> Path:
-    """Write ``fig`` to ``out_path`` (format from the suffix) through a temporary file and a rename."""
+    """Write ``fig`` to ``out_path`` (format from the suffix), atomically."""
     out_path = Path(out_path)
     fmt = out_path.suffix.lstrip(".").lower()
     if not fmt:
         raise CafeBenchError(f"{out_path}: give a file name with a format suffix, e.g. .png or .svg")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    # a fresh name per call (open "x" fails rather than clobber); unlike mkstemp it keeps the umask's permissions
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "xb") as fh, mpl.rc_context(_STYLE):
+
+    def write(fh) -> None:
+        with mpl.rc_context(_STYLE):
             fig.savefig(fh, format=fmt, metadata=_metadata(fmt))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomic(out_path, write)
     return out_path
 
 

@@ -1,41 +1,73 @@
-"""Baseline images: what a patch becomes when it is removed (deletion) or before it is inserted (insertion).
+"""The baseline registry: what a patch becomes when it is removed (deletion) or before it is inserted
+(insertion).
 
-All baselines live in pixel space ([0, 1]) and are computed per image.
+A baseline is a function ``(images_b3hw, **options) -> (B, 3, H, W)`` in pixel space ([0, 1]), computed per
+image, registered by name. ``options`` are the suite's protocol settings (e.g. ``blur_sigma``); a baseline
+takes those it needs and ignores the rest.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from cafe_bench.errors import UnknownNameError
 
-BASELINES = ("blur", "mean", "zero")
-"""Valid baseline names; ``blur`` is the default."""
+_BASELINES: dict[str, Callable] = {}
+
+
+def register_baseline(name: str):
+    """Function decorator: register a baseline under ``name`` (a different function under a taken name is
+    refused)."""
+
+    def wrap(fn):
+        if name in _BASELINES and _BASELINES[name] is not fn:
+            raise ValueError(f"baseline name {name!r} is already registered")
+        _BASELINES[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_baselines() -> list[str]:
+    """Names of the registered baselines (``blur`` is the default of the built-in suites)."""
+    return sorted(_BASELINES)
 
 
 def check_baseline(name: str) -> None:
     """Raise UnknownNameError naming the valid baselines."""
-    if name not in BASELINES:
-        raise UnknownNameError(f"unknown baseline {name!r}; valid: {', '.join(BASELINES)}")
+    if name not in _BASELINES:
+        raise UnknownNameError(f"unknown baseline {name!r}; valid: {', '.join(list_baselines())}")
 
 
-def make_baseline(name: str, images_b3hw: torch.Tensor, blur_sigma: float = 4.0) -> torch.Tensor:
-    """Baseline images (B, 3, H, W) for ``images``.
+def make_baseline(name: str, images_b3hw: torch.Tensor, **options) -> torch.Tensor:
+    """Baseline images (B, 3, H, W) for clean ``images_b3hw`` in [0, 1], by the registered baseline ``name``.
 
-    Args:
-        name: ``blur`` (Gaussian blur, sigma ``blur_sigma`` px, default 4.0; reflect padding), ``mean``
-            (each image's per-channel mean colour) or ``zero`` (black).
-        images_b3hw: clean images in [0, 1].
-        blur_sigma: standard deviation of the blur in pixels.
+    >>> make_baseline("zero", torch.ones(1, 3, 4, 4)).sum().item()
+    0.0
     """
     check_baseline(name)
-    if name == "blur":
-        from torchvision.transforms.functional import gaussian_blur
+    return _BASELINES[name](images_b3hw, **options)
 
-        size = min(2 * math.ceil(3 * blur_sigma) + 1, 2 * (min(images_b3hw.shape[-2:]) // 2) - 1)
-        return gaussian_blur(images_b3hw, kernel_size=[size, size], sigma=[blur_sigma, blur_sigma])
-    if name == "mean":
-        return images_b3hw.mean(dim=(2, 3), keepdim=True).expand_as(images_b3hw).clone()
-    return torch.zeros_like(images_b3hw)  # "zero"
+
+@register_baseline("blur")
+def blur(images_b3hw: torch.Tensor, blur_sigma: float = 4.0, **_) -> torch.Tensor:
+    """Gaussian blur, sigma ``blur_sigma`` px (default 4.0), reflect padding (torchvision)."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    size = min(2 * math.ceil(3 * blur_sigma) + 1, 2 * (min(images_b3hw.shape[-2:]) // 2) - 1)
+    return gaussian_blur(images_b3hw, kernel_size=[size, size], sigma=[blur_sigma, blur_sigma])
+
+
+@register_baseline("mean")
+def mean_colour(images_b3hw: torch.Tensor, **_) -> torch.Tensor:
+    """Each image's per-channel mean colour."""
+    return images_b3hw.mean(dim=(2, 3), keepdim=True).expand_as(images_b3hw).clone()
+
+
+@register_baseline("zero")
+def zero(images_b3hw: torch.Tensor, **_) -> torch.Tensor:
+    """Black."""
+    return torch.zeros_like(images_b3hw)

@@ -1,9 +1,10 @@
-"""The batched curve engine: insertion and deletion are one mechanism with a start image and an order.
+"""The batched curve engine: every protocol is one mechanism with a start image and a patch order.
 
-At step i of S, the top ceil(i * P / S) of the P patches (descending score, ties by ascending patch index,
-row-major) are taken from the image (insertion: into the baseline) or replaced by the baseline
-(deletion). The curve value is z_k at the unit's token of the perturbed image divided by z_k of the clean
-image; the AUC is the trapezoid over the fraction of patches, both ends included.
+At step i of S, the first ceil(i * P / S) of the P patches in the protocol's order (``most``: descending
+score, ``least``: ascending score; ties by ascending patch index, row-major) are taken from the image (start
+``baseline``: insertion) or replaced by the baseline (start ``image``: deletion). The curve value is z_k at
+the unit's token of the perturbed image divided by z_k of the clean image; the AUC is the trapezoid over the
+fraction of patches, both ends included. Protocols come from :mod:`cafe_bench.protocols.registry`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cafe_bench.errors import UnknownNameError
+from cafe_bench.errors import RunConfigError
+from cafe_bench.protocols.registry import Protocol, get_protocol
 from cafe_bench.target import patches_to_pixels
-
-PROTOCOLS = ("insertion", "deletion")
-"""Valid protocol names."""
 
 
 @dataclass(frozen=True)
@@ -33,10 +32,16 @@ class Curves:
     """(B, S+1) raw z_k of the perturbed images."""
 
 
-def check_protocol(protocol: str) -> None:
-    """Raise UnknownNameError naming the valid protocols."""
-    if protocol not in PROTOCOLS:
-        raise UnknownNameError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+def check_steps(steps, n_patches: int) -> int:
+    """``steps`` as an int in 1..P; raises RunConfigError naming the valid range (more steps than patches would
+    repeat fractions, and the perturbed images grow with S)."""
+    try:
+        value = int(steps)
+    except (TypeError, ValueError):
+        raise RunConfigError(f"steps must be an integer in 1..{n_patches}, got {steps!r}") from None
+    if not 1 <= value <= n_patches or value != steps:
+        raise RunConfigError(f"steps must be an integer in 1..{n_patches} (the number of patches), got {steps}")
+    return value
 
 
 def step_counts(n_patches: int, steps: int) -> np.ndarray:
@@ -46,15 +51,15 @@ def step_counts(n_patches: int, steps: int) -> np.ndarray:
     return np.array([-(-i * n_patches // steps) for i in range(steps + 1)], dtype=np.int64)
 
 
-def rank_patches(scores_bp: torch.Tensor) -> torch.Tensor:
-    """Patch order (B, P): descending score, ties by ascending patch index."""
-    return torch.sort(scores_bp, dim=1, descending=True, stable=True).indices
+def rank_patches(scores_bp: torch.Tensor, order: str = "most") -> torch.Tensor:
+    """Patch order (B, P): ``most`` (default) descending score, ``least`` ascending; ties by ascending index."""
+    return torch.sort(scores_bp, dim=1, descending=order == "most", stable=True).indices
 
 
-def step_masks(scores_bp: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
-    """(B, S+1, P) bool: True where a patch is taken at that step."""
+def step_masks(scores_bp: torch.Tensor, counts: np.ndarray, order: str = "most") -> torch.Tensor:
+    """(B, S+1, P) bool: True where a patch is taken at that step (patches in ``order``, default ``most``)."""
     b, p = scores_bp.shape
-    order = rank_patches(scores_bp)
+    order = rank_patches(scores_bp, order)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(p, device=scores_bp.device).expand(b, p))
     counts_t = torch.as_tensor(counts, device=scores_bp.device)
     return rank[:, None, :] < counts_t[None, :, None]  # (B, S+1, P)
@@ -65,14 +70,14 @@ def compose(
     baseline_b3hw,
     taken_np: torch.Tensor,
     unit_idx_n: torch.Tensor,
-    protocol: str,
+    protocol,
     grid: tuple[int, int],
     patch_size: int,
 ) -> torch.Tensor:
     """Perturbed images (N, 3, H, W): row n mixes unit ``unit_idx_n[n]``'s image and baseline by ``taken_np[n]``."""
     pix = patches_to_pixels(taken_np, grid, patch_size)  # (N, 1, H, W)
     image, base = images_b3hw[unit_idx_n], baseline_b3hw[unit_idx_n]
-    if protocol == "insertion":
+    if get_protocol(protocol).start == "baseline":
         return torch.where(pix, image, base)
     return torch.where(pix, base, image)
 
@@ -81,7 +86,7 @@ def compose(
 def run_curves(
     target,
     scores_bhw: torch.Tensor,
-    protocol: str,
+    protocol: str | Protocol,
     steps: int,
     batch_size: int = 512,
     endpoints: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -91,21 +96,21 @@ def run_curves(
     Args:
         target: the Target (its ``baseline`` is the protocol's baseline).
         scores_bhw: (B, gh, gw) patch scores.
-        protocol: ``insertion`` or ``deletion``.
-        steps: S; the curve has S+1 points.
+        protocol: a registered protocol name (``insertion``, ``deletion``, ``insertion_lerf``, ...) or Protocol.
+        steps: S in 1..P; the curve has S+1 points.
         batch_size: images per forward pass (default 512).
         endpoints: (z of the baseline images, z of the clean images), each (B,), shared by every method;
             steps whose mask is empty or full reuse them instead of a forward pass.
     """
-    check_protocol(protocol)
+    protocol = get_protocol(protocol)
     b = len(target)
-    counts = step_counts(target.n_patches, steps)
-    masks = step_masks(scores_bhw.reshape(b, -1).to(target.device), counts)  # (B, S+1, P)
+    counts = step_counts(target.n_patches, check_steps(steps, target.n_patches))
+    masks = step_masks(scores_bhw.reshape(b, -1).to(target.device), counts, protocol.order)  # (B, S+1, P)
     acts = torch.empty(b, steps + 1, device=target.device)
     todo = list(range(steps + 1))
     if endpoints is not None:
         z_base, z_clean = endpoints
-        start, full = (z_base, z_clean) if protocol == "insertion" else (z_clean, z_base)
+        start, full = (z_base, z_clean) if protocol.start == "baseline" else (z_clean, z_base)
         for i, c in enumerate(counts):
             if c == 0:
                 acts[:, i] = start
@@ -129,14 +134,15 @@ def run_curves(
 @torch.no_grad()
 def run_curves_naive(target, scores_bhw: torch.Tensor, protocol: str, steps: int) -> Curves:
     """Reference: one unit and one step at a time, every step a forward pass (for tests and benchmarks)."""
-    check_protocol(protocol)
+    protocol = get_protocol(protocol)
     counts = step_counts(target.n_patches, steps)
     acts = np.zeros((len(target), steps + 1))
+    sign = -1 if protocol.order == "most" else 1
     for u in range(len(target)):
         flat = scores_bhw[u].reshape(-1).tolist()
-        order = sorted(range(len(flat)), key=lambda p: (-flat[p], p))
+        order = sorted(range(len(flat)), key=lambda p: (sign * flat[p], p))
         image, base = target.images[u], target.baseline[u]
-        start, src = (base, image) if protocol == "insertion" else (image, base)
+        start, src = (base, image) if protocol.start == "baseline" else (image, base)
         for i, c in enumerate(counts):
             img = start.clone()
             for p in order[:c]:

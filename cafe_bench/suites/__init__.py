@@ -6,7 +6,6 @@ package. ``load_suite`` accepts a built-in name or the path of such a directory.
 
 from __future__ import annotations
 
-import json
 from functools import cached_property
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from cafe_bench.errors import CafeBenchError, UnknownNameError
 from cafe_bench.featuresets.builder import read_feature_set
 from cafe_bench.protocols.baselines import make_baseline
 from cafe_bench.scenes import SceneConfig, make_images
-from cafe_bench.suites.manifest import verify_file
+from cafe_bench.suites.manifest import read_manifest, verify_file
 from cafe_bench.target import Target, Unit
 
 BUILTIN_SUITES = {"tiny": Path(__file__).parent / "tiny"}
@@ -44,14 +43,24 @@ class Suite:
 
     def __init__(self, path: Path, device: str = "cpu"):
         self.path = Path(path)
-        self.manifest = json.loads((self.path / "suite.json").read_text())
+        self.manifest = read_manifest(self.path / "suite.json")
         self.name = self.manifest["name"]
+        self.version = str(self.manifest["version"])
+        """Released suites never change in place: changing what a suite holds means a new version or name."""
         self.device = torch.device(device)
         for file_name, digest in self.manifest["files"].items():
             verify_file(self.path / file_name, digest)
         self.feature_set = read_feature_set(self.path / self.manifest["feature_set"])
         self.layers = sorted(int(layer) for layer in self.manifest["saes"])
         self.protocol_defaults = dict(self.manifest["protocol"])
+
+    @property
+    def baseline_options(self) -> dict:
+        """The suite's protocol settings a baseline may use (e.g. ``blur_sigma``, default 4.0)."""
+        return {
+            "blur_sigma": 4.0,
+            **{k: v for k, v in self.protocol_defaults.items() if k not in ("baseline", "steps")},
+        }
 
     @property
     def hashes(self) -> dict:
@@ -120,7 +129,7 @@ class Suite:
             self.check_unit(unit)
         images = self.images([u.image_id for u in units])
         name = baseline or self.protocol_defaults["baseline"]
-        base = make_baseline(name, images, blur_sigma=self.protocol_defaults.get("blur_sigma", 4.0))
+        base = make_baseline(name, images, **self.baseline_options)
         return Target(self.backbone, self.saes, units, images, base, [unit_seed(seed, u) for u in units])
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 import torch
 
 from cafe_bench.featuresets.builder import FeatureSetRules, build_feature_set, write_feature_set
+from cafe_bench.files import write_bytes_atomic, write_json_atomic
 from cafe_bench.models import build_backbone
 from cafe_bench.sae import load_sae
 from cafe_bench.sae.train import SAETrainConfig, train_sae
 from cafe_bench.scenes import LABEL_NAMES, SceneConfig
-from cafe_bench.suites.manifest import file_sha256, write_json_atomic
+from cafe_bench.suites.manifest import file_sha256
 from cafe_bench.training import ViTTrainConfig, scene_batch, train_vit
 
 TINY_MODEL_SPEC = {
@@ -40,11 +41,9 @@ STREAMS = {"vit_train": 0, "vit_val": 1, "sae_train": 2, "featureset": 3}
 
 
 def _save_safetensors(module: torch.nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp))
-    tmp.replace(path)
+    write_bytes_atomic(path, save({k: v.detach().contiguous() for k, v in module.state_dict().items()}))
 
 
 @torch.no_grad()
@@ -109,6 +108,7 @@ def build_tiny(
     write_feature_set(out_dir / "features.json", features)
     manifest = {
         "name": "tiny",
+        "version": "1",
         "description": "Embedded suite: an open_clip VisionTransformer trained on procedural scenes, "
         "Matryoshka BatchTopK SAEs on three layers, a frozen feature set.",
         "model": {**TINY_MODEL_SPEC, "weights": vit_path.name},

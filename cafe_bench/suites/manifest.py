@@ -4,10 +4,46 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
-from cafe_bench.errors import ChecksumError
+from cafe_bench.errors import ChecksumError, SuiteError
+
+REQUIRED = {
+    "name": str,
+    "version": (str, int),
+    "files": dict,
+    "feature_set": str,
+    "model": dict,
+    "saes": dict,
+    "scenes": dict,
+    "protocol": dict,
+}
+"""Top-level fields of ``suite.json`` and their JSON types."""
+REQUIRED_PROTOCOL = {"baseline": str, "steps": int}
+
+
+def read_manifest(path: Path) -> dict:
+    """The parsed ``suite.json`` at ``path``; raises SuiteError naming the first missing or mistyped field."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError:
+        raise SuiteError(f"{path}: not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise SuiteError(f"{path}: not a JSON object")
+    for fields, where in ((REQUIRED, doc), (REQUIRED_PROTOCOL, doc.get("protocol"))):
+        prefix = "" if where is doc else "protocol."
+        for name, kind in fields.items():
+            if name not in where:
+                raise SuiteError(f"{path}: suite manifest lacks field '{prefix}{name}'")
+            if not isinstance(where[name], kind) or isinstance(where[name], bool):
+                raise SuiteError(f"{path}: field '{prefix}{name}' has the wrong type ({type(where[name]).__name__})")
+    for layer, spec in doc["saes"].items():
+        if not str(layer).isdigit() or not isinstance(spec, dict) or "weights" not in spec:
+            raise SuiteError(f"{path}: saes[{layer!r}] must be a layer number mapping to an SAE spec with 'weights'")
+    if "weights" not in doc["model"]:
+        raise SuiteError(f"{path}: suite manifest lacks field 'model.weights'")
+    return doc
 
 
 def file_sha256(path: Path) -> str:
@@ -31,22 +67,3 @@ def verify_file(path: Path, expected: str) -> None:
             f"{path}: checksum mismatch (expected sha256 {expected[:12]}…, got {actual[:12]}…); "
             "the file was changed: reinstall cafe_bench or rebuild the suite"
         )
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
