@@ -17,7 +17,7 @@ from cafe_bench.errors import CafeBenchError, RunConfigError, UnknownNameError
 from cafe_bench.protocols.baselines import check_baseline
 from cafe_bench.protocols.engine import check_steps, normalised, run_curves
 from cafe_bench.protocols.registry import DEFAULT_PROTOCOLS, get_protocol
-from cafe_bench.schema import DEAD, Record, RunConfig, record_key, scores_key, status_kind
+from cafe_bench.schema import DEAD, UNIT_FIELDS, Record, RunConfig, record_key, scores_key, status_kind
 from cafe_bench.stats import auc
 from cafe_bench.store import RunStore, open_store
 
@@ -109,7 +109,7 @@ def _records(target, method, protocol, curves, config, status_override=None) -> 
         fields = {
             "suite": config["suite"],
             "suite_version": config["suite_version"],
-            **dict(zip(("layer", "feature", "image_id", "token"), unit.key(), strict=True)),
+            **dict(zip(UNIT_FIELDS, unit.key(), strict=True)),
             "method": method,
             "method_params": config["method_params"][method],
             "method_source": source["source"],

@@ -55,10 +55,12 @@ def test_run_prints_the_leaderboard_and_writes_the_store(tmp_path, capsys):
 
 
 def test_methods_lists_the_registry(capsys):
+    from cafe_bench.attributors.registry import list_attributors
+
     assert main(["methods"]) == 0
-    out = capsys.readouterr().out
-    for name in ["activation", "random", "gradient", "grad_x_input"]:
-        assert name in out
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split()[0] for row in rows] == list_attributors()
+    assert {"activation", "random", "gradient", "grad_x_input"} <= set(list_attributors())
 
 
 def test_console_script_help():

@@ -47,14 +47,17 @@ def test_cp_lrp_conserves_relevance_on_a_bias_free_model(zero_bias_target):
 
 
 def test_attnlrp_conservation_at_its_measured_level(zero_bias_target):
-    # the softmax rule of AttnLRP is not conservative; measured on this suite: median 0.97 of z_k,
-    # interquartile range 0.74..1.07, 0.93 of the summed z_k over all units
-    ratio = (input_relevance(zero_bias_target, "attn").sum(dim=(1, 2, 3)) / zero_bias_target.clean).numpy()
-    q25, median, q75 = np.quantile(ratio, [0.25, 0.5, 0.75])
-    assert 0.9 <= median <= 1.05
-    assert 0.6 <= q25 and q75 <= 1.2
-    total = float(input_relevance(zero_bias_target, "attn").sum() / zero_bias_target.clean.sum())
-    assert 0.85 <= total <= 1.0
+    # the softmax rule of AttnLRP is not conservative; measured on this suite (86 units): ratio of summed relevance
+    # to z_k median 0.974, quartiles 0.740 and 1.070, 0.927 of the summed z_k over all units. CP-LRP on the same
+    # units gives 1 +- 1e-5 everywhere, so bounds that hold 1 cannot tell the two rule sets apart: pin the measured
+    # values instead (+- 0.02), and the spread that conservation would not have
+    relevance = input_relevance(zero_bias_target, "attn").sum(dim=(1, 2, 3)).double()
+    clean = zero_bias_target.clean.double()
+    q25, median, q75 = np.quantile((relevance / clean).numpy(), [0.25, 0.5, 0.75])
+    assert median == pytest.approx(0.974, abs=0.02)
+    assert q25 == pytest.approx(0.740, abs=0.02) and q75 == pytest.approx(1.070, abs=0.02)
+    assert q75 - q25 > 0.2
+    assert float(relevance.sum() / clean.sum()) == pytest.approx(0.927, abs=0.02)
 
 
 def test_rules_change_the_relevance(target):

@@ -73,6 +73,7 @@ def test_band_at_each_step_equals_the_clustered_bootstrap_of_that_step(records):
         curves = np.stack(units["curve"].to_list())
         rows = summary[summary["method"] == method].set_index("step")
         assert len(rows) == curves.shape[1] and (rows["n_units"] == len(units)).all()
+        np.testing.assert_allclose(rows["mean"].to_numpy(dtype=float), curves.mean(0), rtol=1e-12)
         for step in (0, 3, curves.shape[1] - 2):
             expected = clustered_bootstrap_ci(
                 curves[:, step], units["feature"].to_numpy(), n_resamples=N_RESAMPLES, level=0.95, seed=3
@@ -119,15 +120,20 @@ def test_pooled_layers_cluster_by_layer_and_feature():
     np.testing.assert_allclose(summary.loc[2, ["mean", "ci_low", "ci_high"]].to_numpy(float), expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize("content", [None, "", "skipped"])
-def test_a_dir_without_results_raises_naming_the_file(tmp_path, content):
+@pytest.mark.parametrize(
+    "content, message",
+    [(None, "no such file"), ("", "holds no records"), ("skipped", "holds no record with status ok")],
+)
+def test_a_dir_without_results_raises_naming_the_file(run_dir, tmp_path, content, message):
     if content is not None:
-        (tmp_path / "run.json").write_text(json.dumps({"config": {"suite": "tiny"}}))
-        line = {"layer": 1, "feature": 0, "image_id": 0, "token": 0, "method": "activation", "protocol": "insertion"}
-        line |= {"suite": "tiny", "baseline": "blur", "steps": 16, "clean_activation": 0.0}
-        line |= {"status": "skipped: dead feature", "fractions": None, "curve": None, "auc": None}
-        (tmp_path / "results.jsonl").write_text(json.dumps(line) + "\n" if content else "")
-    with pytest.raises(CafeBenchError, match="results.jsonl") as info:
+        (tmp_path / "run.json").write_bytes((run_dir / "run.json").read_bytes())  # a valid run document
+        line = ""
+        if content:  # one record of the run, turned into a dead-feature skip
+            rec = json.loads((run_dir / "results.jsonl").read_text().splitlines()[0])
+            rec |= {"status": "skipped: dead feature", "fractions": None, "curve": None, "auc": None}
+            line = json.dumps(rec) + "\n"
+        (tmp_path / "results.jsonl").write_text(line)
+    with pytest.raises(CafeBenchError, match=f"results.jsonl: {message}") as info:
         plot_run(tmp_path, tmp_path / "figures")
     assert str(tmp_path / "results.jsonl") in str(info.value) and "\n" not in str(info.value)
     assert not (tmp_path / "figures").exists()

@@ -27,7 +27,29 @@ def test_scene_is_valid_and_masks_do_not_overlap():
         assert config.min_objects - 1 <= len(scene.objects) <= config.max_objects
         assert scene.masks.shape[0] == len(scene.objects)
         assert scene.masks.sum(0).max() <= 1
-        np.testing.assert_array_equal(scene.labels, scene_labels(scene.objects))
+        assert scene.labels.tolist() == _labels_by_hand(scene.objects)
+        for mask, obj in zip(scene.masks, scene.objects, strict=True):
+            # each object is drawn in its colour, shaded by its texture (x 1 or x 0.55), on exactly its mask
+            assert mask.any()
+            rgb = np.array(RGB[obj["colour"]], dtype=np.float32)
+            pixels = scene.image[mask]
+            full = np.abs(pixels - rgb).max(1) < 1e-6
+            shaded = np.abs(pixels - 0.55 * rgb).max(1) < 1e-6
+            assert (full | shaded).all()
+            assert full.all() if obj["texture"] == "solid" else full.any() and shaded.any()
+
+
+# the colours and label order of the scene spec, written out here rather than read from the module
+RGB = {"red": (0.90, 0.15, 0.15), "green": (0.15, 0.75, 0.20), "blue": (0.15, 0.30, 0.95), "yellow": (0.95, 0.85, 0.10)}
+
+
+def _labels_by_hand(objects) -> list[float]:
+    shapes = [o["shape"] for o in objects]
+    colours = [o["colour"] for o in objects]
+    has = [float(s in shapes) for s in ("circle", "square", "triangle", "cross")]
+    has += [float(c in colours) for c in ("red", "green", "blue", "yellow")]
+    pairs = [float(any(shapes.count(s) > 1 for s in shapes)), float(any(colours.count(c) > 1 for c in colours))]
+    return has + pairs
 
 
 def test_labels_of_a_hand_made_scene():

@@ -20,8 +20,7 @@ from tqdm.auto import tqdm
 
 from cafe_bench.errors import ChecksumError
 from cafe_bench.scenes import make_images
-
-UNIT_FIELDS = ("layer", "feature", "image_id", "token")
+from cafe_bench.schema import UNIT_FIELDS
 
 
 @dataclass(frozen=True)
