@@ -48,10 +48,20 @@ def write_json_atomic(path: Path, obj) -> None:
 
 
 def write_npz_atomic(path: Path, arrays: dict) -> None:
-    """Write named numpy arrays as an uncompressed ``.npz``, atomically."""
+    """Write named numpy arrays as an uncompressed ``.npz`` (readable by ``numpy.load``), atomically and
+    reproducibly: entries in sorted name order with a fixed timestamp, so equal arrays give equal bytes."""
+    import zipfile
+
     import numpy as np
 
-    write_atomic(path, lambda fh: np.savez(fh, **arrays))
+    def write(fh) -> None:
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name in sorted(arrays):
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with zf.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asarray(arrays[name]), allow_pickle=False)
+
+    write_atomic(path, write)
 
 
 def append_fsync(path: Path, data: bytes) -> None:

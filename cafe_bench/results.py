@@ -79,6 +79,18 @@ def config_difference(a: dict, b: dict, keys) -> str | None:
     return None
 
 
+def _unit_difference(units: dict, first_units: dict) -> str | None:
+    """How two runs' unit sets differ on a protocol both ran, or None (``units``: protocol -> unit set)."""
+    for protocol in sorted(set(units) & set(first_units)):
+        mine, theirs = units[protocol], first_units[protocol]
+        if mine != theirs:
+            return (
+                f"unit set of {protocol} ({len(mine)} units vs {len(theirs)}, {len(mine ^ theirs)} differ; "
+                "an unfinished run?)"
+            )
+    return None
+
+
 def read_runs(run_dirs, allow_mixed: bool = False) -> tuple[pd.DataFrame, dict]:
     """Records of several runs (e.g. built-in methods and a plugin) as one table, and one run document whose
     config lists every run's methods and protocols.
@@ -93,16 +105,14 @@ def read_runs(run_dirs, allow_mixed: bool = False) -> tuple[pd.DataFrame, dict]:
     frames, first_doc, first_units = [], None, None
     for run_dir in run_dirs:
         records, doc = read_run(run_dir)
-        units = unit_set(records)
+        units = {p: unit_set(part) for p, part in records.groupby("protocol")}
         if first_doc is None:
             first_doc, first_units = json.loads(json.dumps(doc)), units
         else:
             config, first = doc["config"], first_doc["config"]
             differ = config_difference(config, first, IDENTITY_FIELDS)
             if differ is None and not allow_mixed:
-                differ = config_difference(config, first, MIXABLE)
-                if differ is None and units != first_units:
-                    differ = f"unit set ({len(units)} units vs {len(first_units)}, {len(units ^ first_units)} differ)"
+                differ = config_difference(config, first, MIXABLE) or _unit_difference(units, first_units)
             if differ is not None:
                 hint = "" if allow_mixed else " (pass --allow-mixed to table runs of different seeds or units)"
                 raise ResultsError(

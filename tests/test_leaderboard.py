@@ -149,6 +149,13 @@ def test_runs_of_different_seeds_or_units_are_refused_unless_allowed(run_dir, tm
     cafe_bench.run("tiny", out=layer1, methods=["grad_x_input"], layers=[1], progress=False)
     assert main(["leaderboard", str(run_dir), str(layer1)]) == 2
     assert "layers [1] vs [1, 5]" in capsys.readouterr().err
+    # same config, but one run is unfinished (killed): its unit set differs
+    partial = tmp_path / "partial"
+    cafe_bench.run("tiny", out=partial, methods=["grad_x_input"], layers=[1, 5], progress=False)
+    lines = (partial / "results.jsonl").read_text().splitlines(keepends=True)
+    (partial / "results.jsonl").write_text("".join(lines[:-2]))  # the last two deletion records are missing
+    assert main(["leaderboard", str(run_dir), str(partial)]) == 2
+    assert "unit set of deletion (62 units vs 64, 2 differ; an unfinished run?)" in capsys.readouterr().err
     # a merged table's config lists every run's methods, so the board names them all
     records, doc = read_runs([run_dir, seed1], allow_mixed=True)
     assert doc["config"]["methods"] == ["activation", "random", "gradient", "grad_x_input"]

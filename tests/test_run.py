@@ -18,6 +18,9 @@ def test_same_seed_gives_an_identical_results_file(tmp_path):
     a = (tmp_path / "a" / "results.jsonl").read_bytes()
     assert a == (tmp_path / "b" / "results.jsonl").read_bytes()
     assert a != (tmp_path / "c" / "results.jsonl").read_bytes()  # the random control moved
+    scores = (tmp_path / "a" / "scores.npz").read_bytes()
+    assert scores == (tmp_path / "b" / "scores.npz").read_bytes()  # the patch scores too, byte for byte
+    assert scores != (tmp_path / "c" / "scores.npz").read_bytes()
 
 
 def test_records_carry_the_documented_fields_and_reproduce_their_auc(tmp_path, suite):
