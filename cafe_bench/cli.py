@@ -222,7 +222,7 @@ def _cmd_validate(args) -> int:
 def _cmd_leaderboard(args) -> int:
     from cafe_bench.files import write_json_atomic, write_text_atomic
     from cafe_bench.leaderboard import FORMATS, board, render, summarize
-    from cafe_bench.results import read_runs
+    from cafe_bench.results import check_board_source, read_runs
 
     if args.format not in FORMATS:
         raise CafeBenchError(f"unknown format {args.format!r}; valid: {', '.join(FORMATS)}")
@@ -230,6 +230,8 @@ def _cmd_leaderboard(args) -> int:
         raise CafeBenchError(f"unknown --by {args.by!r}; valid: method, layer")
     statistics = {"n_resamples": args.n_resamples, "level": 0.95, "seed": args.seed, "ci_method": args.ci}
     records, run_doc = read_runs(args.dirs, allow_mixed=args.allow_mixed)
+    if args.save:
+        check_board_source(args.dirs, records)  # before anything is written
     try:
         summary = summarize(records, **statistics)
     except ValueError as exc:

@@ -8,10 +8,11 @@ moved against it by more than ``tolerance``; ``ci`` is the between-feature rule 
 reruns (another seed or feature set): the run's mean AUC left the board's bootstrap CI and moved by more
 than ``floor``.
 
-Whatever the rule, a failed record, a unit missing from the run or added to it, and a unit whose status
-changed (ok vs dead) fail the gate. Runs that cannot be compared (another suite version, model, SAE or
-feature set, steps, baseline, method parameters, or seed when a seeded method is compared) raise
-:class:`NotComparableError`.
+A failed record and a method on one side only fail the gate under every rule; under the paired and unit
+rules so do a unit missing from the run or added to it and a unit whose status changed (ok vs dead). Runs
+that cannot be compared raise :class:`NotComparableError`: another suite, suite version, model or SAE weights,
+steps, baseline, curve rule or method parameters under every rule; another feature set, unit list or (when
+a seeded method is compared) seed under the paired and unit rules.
 """
 
 from __future__ import annotations
@@ -52,12 +53,14 @@ class Finding:
     kind: str
     """``regression``, ``failed``, ``missing``, ``added`` or ``status``."""
     method: str
-    layer: int
-    protocol: str
+    layer: int | None
+    """None for a finding about the whole method (on one side only)."""
+    protocol: str | None
     detail: str
 
     def __str__(self) -> str:
-        return f"{self.kind.upper()} {self.method} layer {self.layer} {self.protocol}: {self.detail}"
+        where = "" if self.layer is None else f" layer {self.layer} {self.protocol}"
+        return f"{self.kind.upper()} {self.method}{where}: {self.detail}"
 
 
 @dataclass
@@ -125,20 +128,18 @@ def check_comparable(config: dict, board_config: dict, methods, rule: str, board
     def refuse(what: str):
         raise NotComparableError(f"not comparable: {what} {where}")
 
-    paired = rule != "ci"
-    if paired:
-        differ = config_difference(config, board_config, SUITE_FIELDS)
-        if differ:
-            refuse(differ.replace("suite_version", "suite version", 1))
-        files, board_files = config.get("suite_files", {}), board_config.get("suite_files", {})
-        for name in sorted(set(files) | set(board_files)):
-            if files.get(name) != board_files.get(name):
-                what = "feature set" if name.startswith("features") else "weights"
-                refuse(
-                    f"{what} {name} differs (sha256 {str(files.get(name))[:12]} vs {str(board_files.get(name))[:12]})"
-                )
-        if config.get("units") != board_config.get("units"):
-            refuse("explicit unit lists differ (a different feature set)")
+    paired = rule != "ci"  # the ci rule compares runs of other seeds or feature sets of the same model and SAEs
+    differ = config_difference(config, board_config, SUITE_FIELDS)
+    if differ:
+        refuse(differ.replace("suite_version", "suite version", 1))
+    files, board_files = config.get("suite_files", {}), board_config.get("suite_files", {})
+    for name in sorted(set(files) | set(board_files)):
+        feature_set = name == board_config.get("feature_set", "features.json") or name.startswith("features")
+        if files.get(name) != board_files.get(name) and (paired or not feature_set):
+            what = "feature set" if feature_set else "weights"
+            refuse(f"{what} {name} differs (sha256 {str(files.get(name))[:12]} vs {str(board_files.get(name))[:12]})")
+    if paired and config.get("units") != board_config.get("units"):
+        refuse("explicit unit lists differ (a different feature set)")
     differ = config_difference(config, board_config, CURVE_FIELDS)
     if differ:
         refuse(differ)
@@ -196,7 +197,7 @@ def compare(
     """
     _check_options(rule, tolerance, floor)
     board = load_board(board_path)
-    records, run_doc = read_runs(run_dirs)
+    records, run_doc = read_runs(run_dirs, hint=False)
     return gate(records, run_doc["config"], board, rule, tolerance, floor, methods, board_path)
 
 
@@ -230,7 +231,8 @@ def gate(
         if unknown:
             raise ValueError(f"method {unknown[0]!r} is not on the board; valid: {', '.join(board_methods)}")
     scope = methods if methods is not None else list(dict.fromkeys([*board_methods, *run_methods]))
-    check_comparable(config, board["config"], [m for m in scope if m in board_methods], rule, board_path)
+    in_both = [m for m in scope if m in board_methods and m in run_methods]  # one-sided methods: missing or added
+    check_comparable(config, board["config"], in_both, rule, board_path)
     result = GateResult()
     run_rows = [r for r in records.to_dict("records") if r["method"] in scope]
     board_rows = [r for r in board_records if r["method"] in scope]
@@ -242,16 +244,28 @@ def gate(
         result.findings.append(
             Finding("failed", method, layer, protocol, f"{len(rows)} record(s) failed; first: {rows[0]['status']}")
         )
+    for method in scope:
+        if method not in board_methods:
+            result.findings.append(Finding("added", method, None, None, "method in the run but not on the board"))
+        elif method not in run_methods:
+            result.findings.append(Finding("missing", method, None, None, "method on the board but not in the run"))
     if rule == "ci":
-        _ci_rule(result, run_rows, board, scope, floor)
+        _ci_rule(result, run_rows, board, in_both, floor)
         return result
-    mine = {record_key(r): r for r in run_rows}
-    theirs = {record_key(r): r for r in board_rows}
+    mine = {record_key(r): r for r in run_rows if r["method"] in in_both}
+    theirs = {record_key(r): r for r in board_rows if r["method"] in in_both}
     _set_findings(result, "missing", [k for k in theirs if k not in mine], "of the board not in the run")
     _set_findings(result, "added", [k for k in mine if k not in theirs], "in the run but not on the board")
     both = [k for k in mine if k in theirs and status_kind(mine[k]["status"]) != "failed"]
-    changed = [k for k in both if status_kind(mine[k]["status"]) != status_kind(theirs[k]["status"])]
-    _set_findings(result, "status", changed, "changed status (ok vs dead feature)")
+    for board_kind in ("ok", "dead", "failed"):
+        changed = [
+            k
+            for k in both
+            if status_kind(theirs[k]["status"]) == board_kind and status_kind(mine[k]["status"]) != board_kind
+        ]
+        if changed:
+            run_kind = status_kind(mine[changed[0]]["status"])
+            _set_findings(result, "status", changed, f"changed status: {board_kind} on the board, {run_kind} now")
     paired = defaultdict(list)
     for k in both:
         if status_kind(mine[k]["status"]) == status_kind(theirs[k]["status"]) == "ok":

@@ -91,13 +91,14 @@ def _unit_difference(units: dict, first_units: dict) -> str | None:
     return None
 
 
-def read_runs(run_dirs, allow_mixed: bool = False) -> tuple[pd.DataFrame, dict]:
+def read_runs(run_dirs, allow_mixed: bool = False, hint: bool = True) -> tuple[pd.DataFrame, dict]:
     """Records of several runs (e.g. built-in methods and a plugin) as one table, and one run document whose
     config lists every run's methods and protocols.
 
     The runs must agree on suite, suite version and files, baseline, steps and curve rules, and (unless
     ``allow_mixed``) on seed, layers and unit set; a unit x method x protocol stored twice is refused. Raises
-    ResultsError naming what differs, e.g. ``seed 0 vs 1``.
+    ResultsError naming what differs, e.g. ``seed 0 vs 1`` (with ``hint``, default True, the message names the
+    ``--allow-mixed`` option of ``leaderboard``).
     """
     run_dirs = [Path(d) for d in run_dirs]
     if not run_dirs:
@@ -114,11 +115,9 @@ def read_runs(run_dirs, allow_mixed: bool = False) -> tuple[pd.DataFrame, dict]:
             if differ is None and not allow_mixed:
                 differ = config_difference(config, first, MIXABLE) or _unit_difference(units, first_units)
             if differ is not None:
-                hint = "" if allow_mixed else " (pass --allow-mixed to table runs of different seeds or units)"
-                raise ResultsError(
-                    f"{run_dir} and {run_dirs[0]} cannot share one table: {differ}"
-                    + (hint if differ.split()[0] in (*MIXABLE, "unit") else "")
-                )
+                mixable = differ.split()[0] in (*MIXABLE, "unit") and hint and not allow_mixed
+                advice = " (pass --allow-mixed to table runs of different seeds or units)" if mixable else ""
+                raise ResultsError(f"{run_dir} and {run_dirs[0]} cannot share one table: {differ}{advice}")
             for key in MERGED_FIELDS:
                 if isinstance(first[key], dict):
                     first[key] = {**first[key], **config[key]}
@@ -134,4 +133,25 @@ def read_runs(run_dirs, allow_mixed: bool = False) -> tuple[pd.DataFrame, dict]:
     return table, first_doc
 
 
-__all__ = ["ResultsError", "read_run", "read_runs", "unit_set", "unit_key", "config_difference"]
+def check_board_source(run_dirs, records: pd.DataFrame) -> None:
+    """Raise ResultsError unless every run is finished and no record failed: a board is what later runs are
+    gated against, so it must not bake in missing units or failures."""
+    from cafe_bench.schema import status_kind
+
+    for run_dir in map(Path, run_dirs):
+        status = json.loads((run_dir / RUN).read_text()).get("status")
+        if status != "finished":
+            raise ResultsError(
+                f"{run_dir}: the run is {status!r}, not finished; complete it with `cafe-bench run ... --resume` "
+                "before saving a board"
+            )
+    failed = records[records["status"].map(status_kind) == "failed"]
+    if len(failed):
+        methods = ", ".join(dict.fromkeys(failed["method"]))
+        raise ResultsError(
+            f"{len(failed)} failed record(s) ({methods}); a board must not hold failures: fix the method, rerun with "
+            "--resume, then save"
+        )
+
+
+__all__ = ["check_board_source", "ResultsError", "read_run", "read_runs", "unit_set", "unit_key", "config_difference"]

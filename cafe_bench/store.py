@@ -9,6 +9,8 @@ so every stored record has its scores; a finished run merges the parts into ``sc
 from __future__ import annotations
 
 import json
+import shutil
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -119,20 +121,20 @@ class RunStore:
                 parts = self.out_dir / SCORE_PARTS
                 parts.mkdir(exist_ok=True)
                 arrays = {k: np.asarray(v, dtype=np.float32) for k, v in scores.items()}
-                write_npz_atomic(parts / f"part-{uuid.uuid4().hex}.npz", arrays)
+                # named in time order, so that a later part (a retried unit) wins when parts are merged
+                write_npz_atomic(parts / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.npz", arrays)
             payload = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
             append_fsync(self.results_path, payload)
         self.done.update(record_key(r) for r in records if is_done(r))
 
     def merge_scores(self) -> None:
         """Merge the part files into ``scores.npz`` (atomic), then remove the parts."""
-        parts = sorted((self.out_dir / SCORE_PARTS).glob("part-*.npz"))
-        if not parts:
+        folder = self.out_dir / SCORE_PARTS
+        if not folder.is_dir():
             return
-        write_npz_atomic(self.out_dir / SCORES, read_scores(self.out_dir))
-        for part in parts:
-            part.unlink()
-        (self.out_dir / SCORE_PARTS).rmdir()
+        if any(folder.glob("part-*.npz")):
+            write_npz_atomic(self.out_dir / SCORES, read_scores(self.out_dir))
+        shutil.rmtree(folder)  # the merged parts and any temporary file a killed write left behind
 
     def update_run(self, **fields) -> None:
         """Merge ``fields`` into run.json (atomic rewrite)."""

@@ -37,12 +37,22 @@ class Target:
         clean: (B,) z_k of each clean image at the unit's token (no grad).
         seeds: (B,) per-unit seeds derived from the run seed; stochastic methods draw from these so that a
             unit's scores do not depend on how units are batched.
+        baseline_name: the registered baseline ``baseline`` came from (the curve engine asks it how removed
+            patches are filled); None: they show ``baseline``.
     """
 
     def __init__(
-        self, backbone, saes: dict, units: list[Unit], images: torch.Tensor, baseline: torch.Tensor, seeds: list[int]
+        self,
+        backbone,
+        saes: dict,
+        units: list[Unit],
+        images: torch.Tensor,
+        baseline: torch.Tensor,
+        seeds: list[int],
+        baseline_name: str | None = None,
     ):
         self.units = list(units)
+        self.baseline_name = baseline_name
         self.backbone = backbone
         self.saes = saes
         self.images = images

@@ -1,6 +1,7 @@
 """Measure what the regression gate detects on a real run: for every method x layer x protocol of the committed
 `tiny` run, the smallest uniform worsening of every unit's curve that `compare` flags, under the paired rule
-(default) and the between-feature ci rule.
+(default) and the between-feature ci rule; and the smallest worsening of a single unit that the paired and the
+unit rule flag.
 
 A worsening by delta moves every curve point of the row's units by delta against the protocol's direction (so
 every AUC moves by delta); the smallest detected delta is found by bisection on the real gate
@@ -26,22 +27,25 @@ from cafe_bench.results import read_run
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def worsened(rows: pd.DataFrame, delta: float, layer: int, protocol: str) -> pd.DataFrame:
-    """``rows`` with every ok curve of ``layer`` x ``protocol`` moved by ``delta`` against the protocol's
-    direction (its AUC moves by delta)."""
+def worsened(rows: pd.DataFrame, delta: float, layer: int, protocol: str, one: bool = False) -> pd.DataFrame:
+    """``rows`` with every ok curve of ``layer`` x ``protocol`` (with ``one``: only the first) moved by ``delta``
+    against the protocol's direction (its AUC moves by delta)."""
     out = rows.copy()
     ok = (out["status"] == "ok") & (out["layer"] == layer) & (out["protocol"] == protocol)
+    if one:
+        ok &= out.index == ok[ok].index[0]
     sign = out.loc[ok, "higher_is_better"].map(lambda h: -1.0 if h else 1.0)
     out.loc[ok, "auc"] = out.loc[ok, "auc"] + sign * delta
     return out
 
 
-def smallest_detected(rows, config, board, method, layer, protocol, rule, hi=1.0, tol=1e-6) -> float | None:
+def smallest_detected(rows, config, board, method, layer, protocol, rule, one=False, hi=1.0, tol=1e-6):
     """The smallest delta in (0, hi] for which ``rule`` flags ``method``'s records (``rows``) worsened on
-    ``layer`` x ``protocol``, or None."""
+    ``layer`` x ``protocol`` (every unit, or with ``one`` a single unit), or None."""
 
     def flagged(delta):
-        result = gate(worsened(rows, delta, layer, protocol), config, board, rule=rule, methods=[method])
+        changed = worsened(rows, delta, layer, protocol, one)
+        result = gate(changed, config, board, rule=rule, methods=[method])
         return any(f.kind == "regression" for f in result.findings)
 
     if flagged(0.0):
@@ -84,8 +88,12 @@ def main(argv=None) -> int:
             rule: smallest_detected(mine, doc["config"], board, method, int(layer), protocol, rule)
             for rule in ("paired", "ci")
         }
+        for rule in ("paired", "unit"):
+            found[f"{rule}_one_unit"] = smallest_detected(
+                mine, doc["config"], board, method, int(layer), protocol, rule, one=True
+            )
         rows.append({"method": method, "layer": int(layer), "protocol": protocol, **found})
-        print(f"{method:<22} L{layer} {protocol:<10} paired {found['paired']}  ci {found['ci']}", flush=True)
+        print(f"{method:<22} L{layer} {protocol:<10} " + "  ".join(f"{k} {v}" for k, v in found.items()), flush=True)
     result = {
         "what": "smallest uniform AUC worsening of one method x layer x protocol that `compare` flags",
         "run": str(args.run.relative_to(ROOT) if args.run.is_relative_to(ROOT) else args.run),
@@ -95,6 +103,8 @@ def main(argv=None) -> int:
         "machine": f"{platform.machine()} {platform.system()}, Python {platform.python_version()}",
         "paired": summary([r["paired"] for r in rows]),
         "ci": summary([r["ci"] for r in rows]),
+        "paired_one_unit": summary([r["paired_one_unit"] for r in rows]),
+        "unit_one_unit": summary([r["unit_one_unit"] for r in rows]),
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

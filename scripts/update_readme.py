@@ -112,18 +112,31 @@ def gate() -> str:
         "steps, baseline or method parameter | 2, one line naming the difference |",
         "| identical rerun; rerun with 1 torch thread; an improvement | 0 |",
         "",
-        "Smallest uniform worsening of one method × layer × protocol that each rule flags, over all "
-        f"{thr['paired']['n_rows']} rows of the committed run:",
+        "Smallest worsening of one method × layer × protocol that each rule flags (every unit's AUC, or a "
+        f"single unit's, moved by it against the protocol's direction), over all {thr['paired']['n_rows']} rows "
+        "of the committed run:",
         "",
         "| rule | median | max | rows missed at 0.02 | at 0.05 | at 0.2 |",
         "|---|---|---|---|---|---|",
     ]
-    for rule, label in (("paired", "`paired` (default)"), ("ci", "`ci` (between-feature CI, floor 0.02)")):
+    for rule, label in (
+        ("paired", "`paired` (default), every unit worse"),
+        ("ci", "`ci` (between-feature CI, floor 0.02), every unit worse"),
+        ("paired_one_unit", "`paired`, one unit worse"),
+        ("unit_one_unit", "`unit`, one unit worse"),
+    ):
         r = thr[rule]
         lines.append(
             f"| {label} | {_fmt(r['median'])} | {_fmt(r['max'])} | {r['n_missed_0.02']} | {r['n_missed_0.05']} | "
             f"{r['n_missed_0.2']} |"
         )
+    lines += [
+        "",
+        "The paired rule averages over a row's units, so a change confined to one unit must exceed "
+        f"{thr['paired_one_unit']['median'] / thr['tolerance']:.0f}× the tolerance (the row's unit count) to fail "
+        "it; the `unit` rule fails it at the tolerance. The ci rule needs the mean to leave a between-feature "
+        "interval, which is wide with few features per layer, so it misses large regressions.",
+    ]
     return "\n".join(lines) + "\n"
 
 

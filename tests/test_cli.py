@@ -31,6 +31,18 @@ from cafe_bench.cli import main
         ),
         (["run", "--method-args", "occlusion:batch_size=0"], "batch_size must be a positive integer, got 0"),
         (["run", "--method-args", "occlusion"], "--method-args: expected METHOD:KEY=VALUE[,KEY=VALUE]"),
+        (
+            ["run", "--method-args", "integrated_gradients:method=bogus"],
+            "method 'integrated_gradients' refuses {'method': 'bogus'}: method must be one of captum's",
+        ),
+        (
+            ["run", "--method-args", "kernel_shap:l1_reg=lots"],
+            "l1_reg must be false, true, a number >= 0, 'auto', 'aic', 'bic' or 'num_features(N)'; got 'lots'",
+        ),
+        (
+            ["run", "--method-args", "occlusion:batch_size=8;occlusion:batch_size=9"],
+            "--method-args names 'occlusion' twice",
+        ),
         (["run", "--method-args", "occlusion:batch_size"], "--method-args: expected KEY=VALUE for 'occlusion'"),
     ],
 )
@@ -92,6 +104,12 @@ def test_tampered_suite_exits_2_and_writes_nothing(suite, tmp_path, capsys):
         ("drop:files", "suite manifest lacks field 'files'"),
         ("drop:protocol.steps", "suite manifest lacks field 'protocol.steps'"),
         ("type:saes", "field 'saes' has the wrong type (list)"),
+        ("empty:scenes", "suite manifest lacks field 'scenes.seed'"),
+        ("sae:d_sae", "suite manifest lacks field 'saes.3.d_sae'"),
+        ("sae:kind", "field 'saes.3.kind' is 'relu'; valid: matryoshka_batchtopk"),
+        ("model:library", "field 'model.library' is 'jax'; valid: open_clip, timm"),
+        ("model:vision_config", "suite manifest lacks field 'model.vision_config'"),
+        ("files:features.json", "features.json is used by the suite but not listed (with its SHA-256) in 'files'"),
     ],
 )
 def test_malformed_suite_manifest_exits_2_naming_the_field(manifest, message, suite, tmp_path, capsys):
@@ -111,6 +129,18 @@ def test_malformed_suite_manifest_exits_2_naming_the_field(manifest, message, su
             del doc["protocol"]["steps"]
         elif action == "drop":
             del doc[name]
+        elif action == "empty":
+            doc[name] = {}
+        elif action == "sae" and name == "kind":
+            doc["saes"]["3"]["kind"] = "relu"
+        elif action == "sae":
+            del doc["saes"]["3"][name]
+        elif action == "model" and name == "library":
+            doc["model"]["library"] = "jax"
+        elif action == "model":
+            del doc["model"][name]
+        elif action == "files":
+            del doc["files"][name]
         else:
             doc[name] = []
         text = json.dumps(doc)

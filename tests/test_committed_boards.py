@@ -39,7 +39,9 @@ def test_board_covers_every_builtin_method_on_every_unit(committed, suite):
 
 def test_stored_records_match_a_fresh_run_of_the_fast_methods(committed):
     records, _, _ = committed
-    fresh = cafe_bench.run("tiny", methods=["activation", "gradient", "cp_lrp"], layers=[3], progress=False)
+    methods = ["activation", "gradient", "cp_lrp", "random", "smoothgrad", "kernel_shap"]  # seeded ones too
+    fresh = cafe_bench.run("tiny", methods=methods, layers=[3], progress=False)
+    assert len(fresh) == 32 * len(methods) * 2
     stored = {record_key(r): r for r in records.to_dict("records")}
     for rec in fresh.to_dict("records"):
         old = stored[record_key(rec)]

@@ -315,3 +315,59 @@ def test_the_ci_rule_compares_means_with_the_board_ci(tmp_path, capsys):
     near = mutated(tmp_path, lambda rs: [worsen(r, 0.03) if pick(r) else r for r in rs], "near")
     assert compare(capsys, near, "--rule", "ci")[0] == 0  # inside the between-feature CI: the ci rule misses it
     assert compare(capsys, near)[0] == 1  # the paired rule does not
+
+
+def test_a_method_dropped_from_the_run_is_missing_not_incomparable(tmp_path, capsys):
+    dropped = mutated(tmp_path, lambda rs: [r for r in rs if r["method"] != "integrated_gradients"])
+    code, out, err = compare(capsys, dropped)
+    assert code == 1, err
+    assert findings(out, "missing") == ["MISSING integrated_gradients: method on the board but not in the run"]
+    assert compare(capsys, dropped, "--methods", "activation,gradient")[0] == 0
+
+
+def test_the_ci_rule_relaxes_the_feature_set_but_not_the_model(tmp_path, capsys):
+    features = mutated(tmp_path, list, "f", config=lambda c: c["suite_files"].update({"features.json": "0" * 64}))
+    assert compare(capsys, features, "--rule", "ci")[0] == 0  # another feature set: what the ci rule is for
+    for name, edit, message in [
+        ("w", lambda c: c["suite_files"].update({"sae_layer3.safetensors": "2" * 64}), "weights sae_layer3"),
+        ("v", lambda c: c.update(suite_version="2"), 'suite version "2" vs "1"'),
+    ]:
+        code, _, err = compare(capsys, mutated(tmp_path, list, name, config=edit), "--rule", "ci")
+        assert code == 2 and message in err
+    failed = mutated(tmp_path, lambda rs: [fail(rs[0]), *rs[1:]], "failed")
+    code, out, _ = compare(capsys, failed, "--rule", "ci")
+    assert code == 1 and len(findings(out, "failed")) == 1
+
+
+def test_a_real_raising_method_fails_run_and_gate_and_its_fix_passes(tmp_path, capsys, monkeypatch):
+    from cafe_bench.attributors.gradient import GradientAttributor
+
+    out = tmp_path / "run"
+    argv = ["run", "--methods", "activation,gradient", "--out", str(out), "--no-progress"]
+    monkeypatch.setattr(GradientAttributor, "attribute", lambda self, t: 1 / 0)
+    assert main(argv) == 1  # every other method's records are written first
+    capsys.readouterr()
+    code, text, _ = compare(capsys, out, "--methods", "activation,gradient")
+    assert code == 1
+    assert len(findings(text, "failed")) == 6 and not findings(text, "regression") + findings(text, "missing")
+    assert main(["leaderboard", str(out), "--save", str(tmp_path / "board")]) == 2  # no board from failures
+    assert "192 failed record(s) (gradient)" in capsys.readouterr().err and not (tmp_path / "board.json").exists()
+    monkeypatch.undo()
+    assert main([*argv, "--resume"]) == 0  # the fix: the failed records are retried
+    capsys.readouterr()
+    code, text, _ = compare(capsys, out, "--methods", "activation,gradient")
+    assert code == 0, text
+
+
+def test_a_board_is_never_saved_from_a_failed_or_unfinished_run(tmp_path, capsys):
+    failed = mutated(tmp_path, lambda rs: [fail(rs[0]), *rs[1:]], "failed")
+    assert main(["leaderboard", str(failed), "--save", str(tmp_path / "b1")]) == 2
+    err = capsys.readouterr().err
+    assert "1 failed record(s) (activation); a board must not hold failures" in err and err.count("\n") == 1
+    unfinished = mutated(tmp_path, list, "unfinished")
+    doc = json.loads((unfinished / "run.json").read_text())
+    (unfinished / "run.json").write_text(json.dumps({**doc, "status": "running"}))
+    assert main(["leaderboard", str(unfinished), "--save", str(tmp_path / "b2")]) == 2
+    assert "the run is 'running', not finished" in capsys.readouterr().err
+    assert not list(tmp_path.glob("b*.json")) and not list(tmp_path.glob("b*.md"))
+    assert main(["leaderboard", str(unfinished), "--n-resamples", "20"]) == 0  # shown, just not saved

@@ -185,6 +185,25 @@ def test_failed_methods_are_shown_unranked_and_ranking_uses_common_units(run_dir
     assert "(3 failed, unranked)" in text
 
 
+def test_mixed_runs_rank_on_the_units_every_ranked_method_finished(tmp_path, suite):
+    units = suite.units([1])
+    a, b = tmp_path / "a", tmp_path / "b"
+    cafe_bench.run("tiny", out=a, methods=["activation"], units=units[:6], progress=False)
+    cafe_bench.run("tiny", out=b, methods=["random"], units=units[3:10], progress=False)
+    with pytest.raises(ResultsError, match="explicit|units"):
+        read_runs([a, b])
+    records, _ = read_runs([a, b], allow_mixed=True)
+    summary = summarize(records, n_resamples=50).set_index(["method", "protocol"])
+    common = {u.key() for u in units[3:6]}
+    for method in ("activation", "random"):
+        row = summary.loc[(method, "insertion")]
+        assert row["ranked"] and row["n_units"] == len(common) == 3
+        mine = records[(records.method == method) & (records.protocol == "insertion")]
+        keys = list(zip(mine.layer, mine.feature, mine.image_id, mine.token, strict=True))
+        expected = mine[[k in common for k in keys]]["auc"].mean()
+        assert row["mean"] == pytest.approx(expected)
+
+
 def test_plugin_and_builtin_runs_merge_into_one_board(run_dir, tmp_path, capsys):
     extra = tmp_path / "extra"
     cafe_bench.run("tiny", out=extra, methods=["grad_x_input"], layers=[1, 5], progress=False)

@@ -84,3 +84,31 @@ def test_baselines_are_a_registry():
         del baselines._BASELINES["half_test"]
     with pytest.raises(UnknownNameError, match="valid: blur, mean, zero"):
         make_baseline("gray", images)
+
+
+def test_a_mask_dependent_baseline_plugs_in_without_touching_the_engine(suite):
+    """A ROAD-like baseline (removed patches filled from the kept pixels) registers an impute function; the
+    batched engine and the naive loop both use it, and it changes the curves."""
+    from cafe_bench.protocols import baselines
+
+    def fill_with_kept_mean(images, removed, baseline):
+        kept = (~removed).float()  # (N, 1, H, W)
+        mean = (images * kept).sum(dim=(2, 3), keepdim=True) / kept.sum(dim=(2, 3), keepdim=True).clamp(min=1)
+        return torch.where(removed, mean.expand_as(images), images)
+
+    register_baseline("kept_mean_test", impute=fill_with_kept_mean)(baselines.mean_colour)
+    try:
+        units = suite.units([3])[:3]
+        target = suite.target(units, baseline="kept_mean_test")
+        assert target.baseline_name == "kept_mean_test"
+        scores = cafe_bench.get_attributor("gradient").scores(target)
+        for protocol in ("insertion", "deletion_lerf"):
+            fast = run_curves(target, scores, protocol, 8).activations
+            slow = run_curves_naive(target, scores, protocol, 8).activations
+            np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-6)
+            plain = suite.target(units, baseline="mean")  # same baseline image, plain replacement
+            other = run_curves(plain, scores, protocol, 8).activations
+            assert not np.allclose(fast[:, 1:-1], other[:, 1:-1])
+    finally:
+        baselines._BASELINES.pop("kept_mean_test", None)
+        baselines._IMPUTERS.pop("kept_mean_test", None)

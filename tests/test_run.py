@@ -297,3 +297,19 @@ def test_run_exits_1_after_writing_everything_else_when_a_method_fails(tmp_path,
     capsys.readouterr()
     monkeypatch.undo()
     assert main([*argv, "--resume"]) == 0  # fixed: retried and finished
+
+
+def test_a_killed_scores_write_does_not_stop_the_resumed_run_from_finishing(tmp_path):
+    from cafe_bench.store import read_scores
+
+    cafe_bench.run("tiny", out=tmp_path, **FAST)
+    path = tmp_path / "results.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:20]))  # the run was killed ...
+    parts = tmp_path / "scores"
+    parts.mkdir()
+    (parts / ".part-0.npz.123.abc.tmp").write_bytes(b"PK\x03")  # ... in the middle of writing a part
+    resumed = cafe_bench.run("tiny", out=tmp_path, resume=True, **FAST)
+    assert len(resumed) == 128 and not parts.exists()
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "finished"
+    assert set(read_scores(tmp_path)) == set(resumed["scores_key"])

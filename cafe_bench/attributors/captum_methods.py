@@ -103,7 +103,11 @@ class IntegratedGradientsAttributor(Attributor):
     needs_grad = True
 
     def __init__(self, n_steps: int = 32, method: str = "gausslegendre", batch_size: int = 64):
+        from captum.attr._utils.approximation_methods import SUPPORTED_METHODS
+
         self.n_steps = positive_int(n_steps, "n_steps")
+        if method not in SUPPORTED_METHODS:
+            raise ValueError(f"method must be one of captum's {', '.join(SUPPORTED_METHODS)}; got {method!r}")
         self.method = str(method)
         self.batch_size = positive_int(batch_size, "batch_size")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from contextlib import contextmanager
 
@@ -49,6 +50,15 @@ def coalition_model(target, i: int, batch_size: int = 64):
     return model
 
 
+def _valid_l1_reg(value) -> bool:
+    """shap's ``l1_reg`` choices: a bool, an alpha >= 0, ``auto``/``aic``/``bic`` or ``num_features(N)``."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, int | float):
+        return value >= 0
+    return isinstance(value, str) and (value in ("auto", "aic", "bic") or re.fullmatch(r"num_features\(\d+\)", value))
+
+
 @register_attributor("kernel_shap")
 class KernelShapAttributor(Attributor):
     """KernelSHAP (shap KernelExplainer) over patches: a missing patch shows the baseline image.
@@ -68,6 +78,10 @@ class KernelShapAttributor(Attributor):
 
     def __init__(self, n_samples: int = 256, l1_reg: bool | str | float = False, batch_size: int = 64):
         self.n_samples = positive_int(n_samples, "n_samples")
+        if not _valid_l1_reg(l1_reg):
+            raise ValueError(
+                f"l1_reg must be false, true, a number >= 0, 'auto', 'aic', 'bic' or 'num_features(N)'; got {l1_reg!r}"
+            )
         self.l1_reg = l1_reg
         self.batch_size = positive_int(batch_size, "batch_size")
 

@@ -147,6 +147,8 @@ def parse_method_args(text: str | None) -> dict:
         method, sep, body = part.partition(":")
         if not sep or not method.strip():
             raise CafeBenchError(f"--method-args: expected METHOD:KEY=VALUE[,KEY=VALUE], got {part.strip()!r}")
+        if method.strip() in out:
+            raise CafeBenchError(f"--method-args names {method.strip()!r} twice; give its parameters in one section")
         params = out.setdefault(method.strip(), {})
         for item in body.split(","):
             if not item.strip():

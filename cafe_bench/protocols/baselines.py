@@ -4,6 +4,11 @@
 A baseline is a function ``(images_b3hw, **options) -> (B, 3, H, W)`` in pixel space ([0, 1]), computed per
 image, registered by name. ``options`` are the suite's protocol settings (e.g. ``blur_sigma``); a baseline
 takes those it needs and ignores the rest.
+
+A removed patch shows the baseline image there. A baseline whose fill depends on *which* patches are removed
+(ROAD's noisy linear imputation, say) registers an ``impute`` function as well,
+``(images_n3hw, removed_n1hw, baseline_n3hw) -> perturbed images``; the curve engine calls it for every
+perturbed image, so such a baseline needs no change to the engine.
 """
 
 from __future__ import annotations
@@ -16,19 +21,32 @@ import torch
 from cafe_bench.errors import UnknownNameError
 
 _BASELINES: dict[str, Callable] = {}
+_IMPUTERS: dict[str, Callable] = {}
 
 
-def register_baseline(name: str):
+def register_baseline(name: str, impute: Callable | None = None):
     """Function decorator: register a baseline under ``name`` (a different function under a taken name is
-    refused)."""
+    refused), with an optional mask-dependent ``impute`` (see the module docstring)."""
 
     def wrap(fn):
         if name in _BASELINES and _BASELINES[name] is not fn:
             raise ValueError(f"baseline name {name!r} is already registered")
         _BASELINES[name] = fn
+        if impute is not None:
+            _IMPUTERS[name] = impute
         return fn
 
     return wrap
+
+
+def replace_patches(images_n3hw: torch.Tensor, removed_n1hw: torch.Tensor, baseline_n3hw: torch.Tensor):
+    """The default removal: removed pixels show the baseline image, the others the image."""
+    return torch.where(removed_n1hw, baseline_n3hw, images_n3hw)
+
+
+def imputer(name: str | None) -> Callable:
+    """How baseline ``name`` fills removed patches: its registered ``impute``, else :func:`replace_patches`."""
+    return _IMPUTERS.get(name, replace_patches)
 
 
 def list_baselines() -> list[str]:

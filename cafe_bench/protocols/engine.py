@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from cafe_bench.errors import RunConfigError
+from cafe_bench.protocols.baselines import imputer, replace_patches
 from cafe_bench.protocols.registry import Protocol, get_protocol
 from cafe_bench.target import patches_to_pixels
 
@@ -73,13 +74,14 @@ def compose(
     protocol,
     grid: tuple[int, int],
     patch_size: int,
+    impute=replace_patches,
 ) -> torch.Tensor:
-    """Perturbed images (N, 3, H, W): row n mixes unit ``unit_idx_n[n]``'s image and baseline by ``taken_np[n]``."""
+    """Perturbed images (N, 3, H, W): row n mixes unit ``unit_idx_n[n]``'s image and baseline by ``taken_np[n]``
+    (the patches taken show the image when the protocol starts at the baseline, the baseline when it starts at
+    the image); ``impute`` fills the removed patches (default: the baseline image there)."""
     pix = patches_to_pixels(taken_np, grid, patch_size)  # (N, 1, H, W)
-    image, base = images_b3hw[unit_idx_n], baseline_b3hw[unit_idx_n]
-    if get_protocol(protocol).start == "baseline":
-        return torch.where(pix, image, base)
-    return torch.where(pix, base, image)
+    removed = ~pix if get_protocol(protocol).start == "baseline" else pix
+    return impute(images_b3hw[unit_idx_n], removed, baseline_b3hw[unit_idx_n])
 
 
 @torch.no_grad()
@@ -124,7 +126,14 @@ def run_curves(
         for lo in range(0, len(taken), batch_size):
             sl = slice(lo, lo + batch_size)
             imgs = compose(
-                target.images, target.baseline, taken[sl], unit_idx[sl], protocol, target.grid, target.patch_size
+                target.images,
+                target.baseline,
+                taken[sl],
+                unit_idx[sl],
+                protocol,
+                target.grid,
+                target.patch_size,
+                imputer(target.baseline_name),
             )
             out.append(target.activations(imgs, unit_idx[sl]))
         acts[:, todo] = torch.cat(out).view(b, len(todo))
@@ -142,14 +151,15 @@ def run_curves_naive(target, scores_bhw: torch.Tensor, protocol: str, steps: int
         flat = scores_bhw[u].reshape(-1).tolist()
         order = sorted(range(len(flat)), key=lambda p: (sign * flat[p], p))
         image, base = target.images[u], target.baseline[u]
-        start, src = (base, image) if protocol.start == "baseline" else (image, base)
+        impute = imputer(target.baseline_name)
         for i, c in enumerate(counts):
-            img = start.clone()
+            removed = torch.full((1, *image.shape[1:]), protocol.start == "baseline", device=image.device)
             for p in order[:c]:
                 r, col = divmod(p, target.grid[1])
                 ys = slice(r * target.patch_size, (r + 1) * target.patch_size)
                 xs = slice(col * target.patch_size, (col + 1) * target.patch_size)
-                img[:, ys, xs] = src[:, ys, xs]
+                removed[:, ys, xs] = protocol.start != "baseline"
+            img = impute(image[None], removed[None], base[None])[0]
             acts[u, i] = float(target.activations(img[None], torch.tensor([u], device=target.device))[0])
     return Curves(counts=counts, fractions=counts / target.n_patches, activations=acts)
 

@@ -130,7 +130,8 @@ class Suite:
         images = self.images([u.image_id for u in units])
         name = baseline or self.protocol_defaults["baseline"]
         base = make_baseline(name, images, **self.baseline_options)
-        return Target(self.backbone, self.saes, units, images, base, [unit_seed(seed, u) for u in units])
+        seeds = [unit_seed(seed, u) for u in units]
+        return Target(self.backbone, self.saes, units, images, base, seeds, baseline_name=name)
 
 
 def load_suite(name_or_path: str | Path = "tiny", device: str = "cpu") -> Suite:

@@ -19,11 +19,35 @@ REQUIRED = {
     "protocol": dict,
 }
 """Top-level fields of ``suite.json`` and their JSON types."""
-REQUIRED_PROTOCOL = {"baseline": str, "steps": int}
+NESTED = {
+    "protocol": {"baseline": str, "steps": int},
+    "scenes": {"seed": int, "config": dict},
+    "model": {"library": str, "weights": str},
+}
+MODEL_FIELDS = {"open_clip": {"vision_config": dict, "mean": list, "std": list}, "timm": {"model_name": str}}
+"""Fields each model library needs."""
+SAE_FIELDS = {"kind": str, "weights": str, "d_in": int, "d_sae": int}
+SAE_KIND_FIELDS = {"matryoshka_batchtopk": {"k": int, "group_sizes": list}}
+"""Fields each SAE kind needs besides ``SAE_FIELDS``."""
+
+
+def _check_fields(path: Path, where: dict, fields: dict, prefix: str = "") -> None:
+    for name, kind in fields.items():
+        if name not in where:
+            raise SuiteError(f"{path}: suite manifest lacks field '{prefix}{name}'")
+        if not isinstance(where[name], kind) or isinstance(where[name], bool):
+            raise SuiteError(f"{path}: field '{prefix}{name}' has the wrong type ({type(where[name]).__name__})")
+
+
+def _check_choice(path: Path, value, choices, field: str) -> None:
+    if value not in choices:
+        raise SuiteError(f"{path}: field '{field}' is {value!r}; valid: {', '.join(choices)}")
 
 
 def read_manifest(path: Path) -> dict:
-    """The parsed ``suite.json`` at ``path``; raises SuiteError naming the first missing or mistyped field."""
+    """The parsed ``suite.json`` at ``path``, every field checked before any work starts; raises SuiteError
+    naming the first missing or mistyped field, or a file the suite uses that its ``files`` does not list (and
+    so would not be checksummed)."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
@@ -31,18 +55,24 @@ def read_manifest(path: Path) -> dict:
         raise SuiteError(f"{path}: not valid JSON") from None
     if not isinstance(doc, dict):
         raise SuiteError(f"{path}: not a JSON object")
-    for fields, where in ((REQUIRED, doc), (REQUIRED_PROTOCOL, doc.get("protocol"))):
-        prefix = "" if where is doc else "protocol."
-        for name, kind in fields.items():
-            if name not in where:
-                raise SuiteError(f"{path}: suite manifest lacks field '{prefix}{name}'")
-            if not isinstance(where[name], kind) or isinstance(where[name], bool):
-                raise SuiteError(f"{path}: field '{prefix}{name}' has the wrong type ({type(where[name]).__name__})")
+    _check_fields(path, doc, REQUIRED)
+    for section, fields in NESTED.items():
+        _check_fields(path, doc[section], fields, f"{section}.")
+    model = doc["model"]
+    _check_choice(path, model["library"], MODEL_FIELDS, "model.library")
+    _check_fields(path, model, MODEL_FIELDS[model["library"]], "model.")
+    used = [doc["feature_set"], model["weights"]]
     for layer, spec in doc["saes"].items():
-        if not str(layer).isdigit() or not isinstance(spec, dict) or "weights" not in spec:
-            raise SuiteError(f"{path}: saes[{layer!r}] must be a layer number mapping to an SAE spec with 'weights'")
-    if "weights" not in doc["model"]:
-        raise SuiteError(f"{path}: suite manifest lacks field 'model.weights'")
+        where = f"saes.{layer}."
+        if not str(layer).isdigit() or not isinstance(spec, dict):
+            raise SuiteError(f"{path}: saes must map layer numbers to SAE specs, got {layer!r}")
+        _check_fields(path, spec, SAE_FIELDS, where)
+        _check_choice(path, spec["kind"], SAE_KIND_FIELDS, where + "kind")
+        _check_fields(path, spec, SAE_KIND_FIELDS[spec["kind"]], where)
+        used.append(spec["weights"])
+    unlisted = [name for name in used if name not in doc["files"]]
+    if unlisted:
+        raise SuiteError(f"{path}: {unlisted[0]} is used by the suite but not listed (with its SHA-256) in 'files'")
     return doc
 
 
