@@ -172,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--unit", type=_layers, default=None, metavar="L,F,IMG,TOKEN", help="unit of the ERF figure")
     plot.add_argument("--methods", type=_csv, default=None, help="methods of the ERF figure (default: up to 4)")
     _stats_options(plot)
+    sae = sub.add_parser(
+        "sae",
+        help="load an SAE in a published format and print what it is",
+        description="Load an SAE from its files (SAELens, dictionary_learning, saev or ViT-Prisma; the format is "
+        "sniffed from the files unless --sae-format is given), without executing pickled code, and print its "
+        "format, sizes, hook and input normalisation. With --d-model, check its width against the model's.",
+    )
+    sae.add_argument("path", metavar="PATH", help="the SAE's file or directory")
+    sae.add_argument("--sae-format", default=None, help="format name (default: sniffed); see the list in --help")
+    sae.add_argument("--d-model", type=int, default=None, help="the model's width at the hooked block, to check")
     sub.add_parser("methods", help="list registered attribution methods with their source")
     sub.add_parser("suites", help="list built-in suites")
     return parser
@@ -324,6 +334,18 @@ def _cmd_plot(args) -> int:
     return 0
 
 
+def _cmd_sae(args) -> int:
+    from cafe_bench.sae import load_sae
+    from cafe_bench.sae.loading import check_width
+
+    sae = load_sae(args.path, format=args.sae_format)
+    if args.d_model is not None:
+        check_width(sae, args.d_model, args.path)
+    for key, value in sae.describe().items():
+        print(f"{key:<14} {value}")
+    return 0
+
+
 def _cmd_methods(_args) -> int:
     from cafe_bench.attributors.registry import attributor_source, get_attributor, list_attributors
 
@@ -365,6 +387,7 @@ def main(argv=None) -> int:
         "plot": _cmd_plot,
         "validate-attributor": _cmd_validate,
         "methods": _cmd_methods,
+        "sae": _cmd_sae,
         "suites": _cmd_suites,
     }
     try:

@@ -135,6 +135,19 @@ def _records(target, method, protocol, curves, config, status_override=None) -> 
     return out
 
 
+def _sae_quality(suite, layers, units) -> dict:
+    """FVU and L0 of each run SAE on the patch tokens of the run's images, by layer (str keys, as stored);
+    warns when an FVU is implausible (a wrong b_dec or normalisation convention shows here)."""
+    from cafe_bench.sae.quality import sae_quality, warn_implausible
+
+    image_ids = sorted({u.image_id for u in units})
+    if not image_ids:
+        return {}
+    quality = sae_quality(suite.backbone, {layer: suite.saes[layer] for layer in layers}, suite.images(image_ids))
+    warn_implausible(quality)
+    return {str(layer): q for layer, q in quality.items()}
+
+
 def failure_summary(records) -> list[str]:
     """One line per method with failed records: the count and the first failure's message."""
     lines = []
@@ -218,6 +231,9 @@ def run(
         store = open_store(Path(out), config, collect(device), resume)  # checks the directory before writing
     else:
         store = RunStore(None, set())
+    quality = _sae_quality(suite, layers, units)
+    if out is not None:
+        store.update_run(saes={str(layer): suite.saes[layer].describe() for layer in layers}, sae_quality=quality)
     all_records, timings = [], {m: 0.0 for m in methods}
     started = time.perf_counter()
     bar = tqdm(

@@ -1,18 +1,32 @@
-"""Sparse autoencoders over a ViT's residual stream, and their loader."""
+"""Sparse autoencoders over a ViT's residual stream: the SAE contract, the built-in Matryoshka SAE, and loaders
+of published SAE formats (``load_sae``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from cafe_bench.sae.base import SAE, SAEHook
+from cafe_bench.sae.loading import SAEFormatError, list_sae_formats, load_sae, register_sae_format
 from cafe_bench.sae.matryoshka import MatryoshkaBatchTopKSAE
 
-__all__ = ["MatryoshkaBatchTopKSAE", "load_sae", "SAE_KINDS"]
+__all__ = [
+    "SAE",
+    "SAEHook",
+    "MatryoshkaBatchTopKSAE",
+    "SAEFormatError",
+    "build_sae",
+    "load_sae",
+    "list_sae_formats",
+    "register_sae_format",
+    "SAE_KINDS",
+]
 
 SAE_KINDS = {"matryoshka_batchtopk": MatryoshkaBatchTopKSAE}
+"""Built-in SAE kinds of a suite manifest."""
 
 
-def load_sae(spec: dict, weights_path: Path | None = None):
-    """Build an SAE from a suite's spec (``{"kind", "d_in", "d_sae", "k", "group_sizes"}``) and load its weights."""
+def build_sae(spec: dict, weights_path: Path | None = None) -> SAE:
+    """The built-in SAE of a suite's spec (``{"kind", "d_in", "d_sae", "k", "group_sizes"}``) with its weights."""
     kind = spec.get("kind")
     if kind not in SAE_KINDS:
         raise ValueError(f"unknown SAE kind {kind!r}; valid: {', '.join(SAE_KINDS)}")

@@ -10,8 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cafe_bench.sae.base import SAE
 
-class MatryoshkaBatchTopKSAE(nn.Module):
+
+class MatryoshkaBatchTopKSAE(SAE):
     """SAE with encoder ``(x * input_scale - b_dec) @ W_enc + b_enc`` and a learned inference threshold.
 
     Args:
@@ -20,6 +22,9 @@ class MatryoshkaBatchTopKSAE(nn.Module):
         k: mean active features per token during training.
         group_sizes: Matryoshka prefix sizes, increasing, the last equal to d_sae.
     """
+
+    format = "cafe_bench"
+    normalisation = "x * input_scale - b_dec (input_scale a stored scalar)"
 
     def __init__(self, d_in: int, d_sae: int, k: int, group_sizes: list[int]):
         super().__init__()

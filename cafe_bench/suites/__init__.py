@@ -78,10 +78,10 @@ class Suite:
     @cached_property
     def saes(self) -> dict:
         """{layer: SAE} on ``device``."""
-        from cafe_bench.sae import load_sae
+        from cafe_bench.sae import build_sae
 
         return {
-            int(layer): load_sae(spec, self.path / spec["weights"]).to(self.device)
+            int(layer): build_sae(spec, self.path / spec["weights"]).to(self.device)
             for layer, spec in self.manifest["saes"].items()
         }
 

@@ -15,7 +15,7 @@ import torch
 from cafe_bench.featuresets.builder import FeatureSetRules, build_feature_set, write_feature_set
 from cafe_bench.files import write_bytes_atomic, write_json_atomic
 from cafe_bench.models import build_backbone
-from cafe_bench.sae import load_sae
+from cafe_bench.sae import build_sae
 from cafe_bench.sae.train import SAETrainConfig, train_sae
 from cafe_bench.scenes import LABEL_NAMES, SceneConfig
 from cafe_bench.suites.manifest import file_sha256
@@ -103,7 +103,7 @@ def build_tiny(
             "group_sizes": [d_sae // 2**i for i in reversed(range(sae_config.n_groups))],
             "weights": path.name,
         }
-        saes[layer] = load_sae(sae_specs[str(layer)], path)
+        saes[layer] = build_sae(sae_specs[str(layer)], path)
     features = build_feature_set(backbone, saes, STREAMS["featureset"], rules, progress=progress)
     write_feature_set(out_dir / "features.json", features)
     manifest = {
