@@ -284,7 +284,8 @@ def gate(
                     method,
                     layer,
                     protocol,
-                    f"mean AUC worse by {-mean:.4g} over {len(diffs)} paired units (tolerance {tolerance:g}); "
+                    f"mean AUC {'worse' if mean < 0 else 'better'} by {abs(mean):.4g} over {len(diffs)} paired units "
+                    f"(tolerance {tolerance:g}); "
                     f"{n_worse} unit(s) worse, the worst by {-worst:.4g} ({_unit_text(worst_key)})",
                 )
             )
