@@ -2,6 +2,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import cafe_bench
 from cafe_bench.suites import load_suite
 
@@ -21,5 +23,7 @@ def test_build_script_smoke_run_makes_a_loadable_suite(tmp_path):
     assert len(suite.units()) > 0
     report = (out / "training_report.json").read_text()
     assert "mean_accuracy" in report and "fvu" in report
-    df = cafe_bench.run(suite, methods=["activation"], protocols=["insertion"], progress=False)
+    with pytest.warns(UserWarning, match=r"FVU \d\.\d+ > 0\.5") as caught:  # seconds of training: implausible
+        df = cafe_bench.run(suite, methods=["activation"], protocols=["insertion"], progress=False)
+    assert sorted(str(w.message).split()[4] for w in caught if "FVU" in str(w.message)) == ["1", "3", "5"]
     assert (df["status"] == "ok").all()

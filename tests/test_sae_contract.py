@@ -71,3 +71,25 @@ def test_the_sae_command_reports_mistakes_in_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "no such SAE file or directory" in err
     assert main(["sae", str(tmp_path), "--sae-format", "nope"]) == 2
     assert "unknown SAE format 'nope'" in capsys.readouterr().err
+
+
+def test_each_published_layout_is_sniffed_as_its_own_format_only(tmp_path):
+    import json
+
+    from cafe_bench.sae.loading import _FORMATS, list_sae_formats
+
+    assert list_sae_formats() == ["dictionary_learning", "saelens", "saev", "vit_prisma"]
+    layouts = {
+        "saelens": {"cfg.json": json.dumps({"d_in": 4, "d_sae": 8}), "sae_weights.safetensors": b""},
+        "dictionary_learning": {"config.json": json.dumps({"trainer": {"dict_class": "BatchTopKSAE"}}), "ae.pt": b""},
+        "saev": {"sae.pt": json.dumps({"schema": 5}).encode() + b"\n"},
+        "vit_prisma": {"config.json": json.dumps({"d_in": 4, "hook_point": "x"}), "n_images_100.pt": b""},
+    }
+    for name, files in layouts.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for file_name, content in files.items():
+            (folder / file_name).write_bytes(content.encode() if isinstance(content, str) else content)
+        target = folder / "sae.pt" if name == "saev" else folder
+        matched = [fmt for fmt, spec in _FORMATS.items() if spec.sniff(target)]
+        assert matched == [name], (name, matched)

@@ -49,7 +49,8 @@ class SAE(nn.Module, abc.ABC):
         """Reconstructions (N, d_in) in input units from codes (N, d_sae)."""
 
     def forward(self, x_nd: torch.Tensor) -> torch.Tensor:
-        """Reconstruct ``x_nd`` through the code."""
+        """Reconstruct ``x_nd`` through the code, in input units (an SAE that normalises each input before
+        encoding, so that ``decode`` alone cannot undo it, overrides this)."""
         return self.decode(self.encode(x_nd))
 
     def encode_feature(self, x_nd: torch.Tensor, features_n: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ FVU_WARNING = 0.5
 def sae_quality(backbone, saes: dict, images_n3hw: torch.Tensor, batch_size: int = 64) -> dict:
     """{layer: {"fvu", "l0", "n_tokens"}} of each SAE on the patch tokens of ``images`` at its layer.
 
-    FVU = sum ||x - decode(encode(x))||^2 / sum ||x - mean(x)||^2 over tokens; L0 = mean number of nonzero
+    FVU = sum ||x - sae(x)||^2 / sum ||x - mean(x)||^2 over tokens; L0 = mean number of nonzero
     codes per token. Prefix tokens (CLS, registers) are left out, as the SAEs here read patch tokens.
     """
     layers = sorted(saes)
@@ -30,8 +30,9 @@ def sae_quality(backbone, saes: dict, images_n3hw: torch.Tensor, batch_size: int
     for layer in layers:
         x = torch.cat(acts[layer]).double()
         sae = saes[layer]
-        z = sae.encode(x.to(next(sae.parameters()).dtype)).double()
-        x_hat = sae.decode(z.to(next(sae.parameters()).dtype)).double()
+        dtype = next(sae.parameters()).dtype
+        z = sae.encode(x.to(dtype)).double()
+        x_hat = sae(x.to(dtype)).double()  # forward: reconstruction in input units, whatever decode's space
         fvu = float(((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
         out[layer] = {"fvu": round(fvu, 6), "l0": round(float((z != 0).sum(1).double().mean()), 3), "n_tokens": len(x)}
     return out
