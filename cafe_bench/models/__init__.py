@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from cafe_bench.models.base import Backbone
+from cafe_bench.models.factory import load_backbone
 from cafe_bench.models.open_clip_vit import OpenClipBackbone
 from cafe_bench.models.timm_vit import TimmBackbone
 
-__all__ = ["Backbone", "OpenClipBackbone", "TimmBackbone", "build_backbone", "LIBRARIES"]
+__all__ = ["Backbone", "OpenClipBackbone", "TimmBackbone", "build_backbone", "load_backbone", "LIBRARIES"]
 
 LIBRARIES = ("open_clip", "timm")
 

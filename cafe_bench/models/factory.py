@@ -1,0 +1,175 @@
+"""Backbones by name: ``open_clip:ARCH`` or ``timm:MODEL``, built by the library's own factory, offline only.
+
+Weights are random (``pretrained="none"``) or read from a local checkpoint file; nothing is ever downloaded here.
+A pretrained tag (e.g. open_clip's ``openai``) is refused with a message that says to pass a local file instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import pickle
+from pathlib import Path
+
+import torch
+
+from cafe_bench.errors import CafeBenchError
+from cafe_bench.models.base import Backbone
+from cafe_bench.models.open_clip_vit import OpenClipBackbone
+from cafe_bench.models.timm_vit import TimmBackbone
+
+__all__ = ["NAMED_LIBRARIES", "load_backbone"]
+
+NAMED_LIBRARIES = ("open_clip", "timm")
+_HOW_TO_LIST = {
+    "open_clip": "list them with open_clip.list_models()",
+    "timm": 'list them with timm.list_models("vit_*")',
+}
+
+
+def load_backbone(name: str, pretrained: str | Path | None = "none", device="cpu", **model_kwargs) -> Backbone:
+    """Build the vision tower ``name`` and wrap it in its adapter (eval mode, on ``device``).
+
+    Args:
+        name: ``open_clip:ARCH`` (e.g. ``open_clip:ViT-B-32``, ``open_clip:ViT-L-14-quickgelu``) or
+            ``timm:MODEL`` (e.g. ``timm:vit_small_patch14_reg4_dinov2``, ``timm:vit_base_patch16_224``).
+        pretrained: ``"none"``/None for random weights, or a local checkpoint (``.safetensors``; ``.pt``/``.pth``/
+            ``.bin`` read with ``torch.load(weights_only=True)``). open_clip checkpoints may hold the whole CLIP model
+            (keys ``visual.*``, the rest is dropped) or the vision tower alone; timm checkpoints are loaded with
+            ``timm.models.load_checkpoint`` (strict). Anything else (a pretrained tag) is refused: no downloads.
+        device: where the backbone is moved.
+        **model_kwargs: passed to the library's factory, e.g. ``img_size=112`` for timm
+            (``timm.create_model(name, pretrained=False, img_size=112)``) or ``force_image_size=...`` for open_clip.
+
+    Mean/std are the library's: open_clip's ``model.visual.preprocess_cfg`` (the arch's defaults, OpenAI constants for
+    the CLIP ViTs), timm's ``model.pretrained_cfg``. Image size and patch grid come from the built model.
+    """
+    library, sep, model_name = str(name).partition(":")
+    if not sep or library not in NAMED_LIBRARIES or not model_name:
+        raise CafeBenchError(
+            f"unknown model name {name!r}; use LIBRARY:MODEL with LIBRARY one of {', '.join(NAMED_LIBRARIES)} "
+            f"(e.g. open_clip:ViT-B-32, timm:vit_base_patch16_224)"
+        )
+    checkpoint = _checkpoint_path(pretrained)
+    if library == "open_clip":
+        backbone = _open_clip(model_name, pretrained, checkpoint, model_kwargs)
+    else:
+        backbone = _timm(model_name, pretrained, checkpoint, model_kwargs)
+    return backbone.to(device).eval()
+
+
+def _checkpoint_path(pretrained) -> Path | None:
+    """None for random weights, the file for a local checkpoint, and a tag stays a str (checked per library)."""
+    if pretrained is None or str(pretrained).lower() == "none":
+        return None
+    path = Path(pretrained)
+    if path.is_file():
+        return path
+    if path.suffix in (".safetensors", ".pt", ".pth", ".bin") or "/" in str(pretrained):
+        raise CafeBenchError(f"checkpoint file not found: {pretrained}")
+    return None
+
+
+def _unknown(library: str, model_name: str, valid: list[str]) -> CafeBenchError:
+    close = difflib.get_close_matches(model_name, valid, n=3, cutoff=0.6)
+    hint = f"; close: {', '.join(close)}" if close else ""
+    return CafeBenchError(f"unknown {library} model {model_name!r}{hint}; {_HOW_TO_LIST[library]}")
+
+
+def _no_download(library: str, model_name: str, tag: str) -> CafeBenchError:
+    return CafeBenchError(
+        f"pretrained={tag!r} for {library}:{model_name} needs a download and weights cannot be fetched here; "
+        f"pass a local checkpoint path (.safetensors, .pt, .bin) as pretrained instead"
+    )
+
+
+def _read_state_dict(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CafeBenchError(
+            f"checkpoint {path} holds pickled objects other than tensors; refusing to unpickle code: re-save its "
+            "state dict alone (or as .safetensors)"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CafeBenchError(f"checkpoint {path} is not a readable torch file (truncated or corrupt: {exc})") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise CafeBenchError(f"checkpoint {path} does not hold a state dict")
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+def _open_clip(arch: str, pretrained, checkpoint: Path | None, model_kwargs: dict) -> Backbone:
+    import open_clip
+    from open_clip.factory import get_model_config
+    from open_clip.pretrained import get_pretrained_cfg
+    from open_clip.transformer import VisionTransformer
+
+    # schemas (hf-hub:, local-dir:) would fetch configs or weights; only built-in configs are offline
+    cfg = None if ":" in arch else get_model_config(arch)
+    if cfg is None:
+        raise _unknown("open_clip", arch, open_clip.list_models())
+    if pretrained is not None and checkpoint is None and str(pretrained).lower() != "none":
+        tag = str(pretrained)
+        tag_cfg = get_pretrained_cfg(arch, tag)
+        # open_clip only warns on this mismatch (factory.create_model): the tag's weights were trained with
+        # QuickGELU (pretrained cfg quick_gelu=True) but the arch's config builds nn.GELU (quick_gelu absent/False)
+        if tag_cfg and tag_cfg.get("quick_gelu", False) and not cfg.get("quick_gelu", False):
+            raise CafeBenchError(
+                f"open_clip:{arch} with pretrained={tag!r} is a QuickGELU/GELU mismatch (the {tag} weights use "
+                f"QuickGELU, this config builds GELU); use open_clip:{arch}-quickgelu"
+            )
+        raise _no_download("open_clip", arch, tag)
+    # pretrained=None: no tag, no checkpoint; pretrained_text/_image=False: no HF/timm base weights for either tower
+    model = open_clip.create_model(
+        arch, pretrained=None, pretrained_text=False, pretrained_image=False, device="cpu", **model_kwargs
+    )
+    visual = model.visual
+    preprocess = dict(getattr(visual, "preprocess_cfg", None) or open_clip.get_model_preprocess_cfg(model))
+    del model  # drop the text tower
+    if not isinstance(visual, VisionTransformer):
+        raise CafeBenchError(
+            f"open_clip:{arch} has a {type(visual).__name__} vision tower, not open_clip's VisionTransformer; "
+            f"use its timm: name instead"
+        )
+    if checkpoint is not None:
+        sd = _read_state_dict(checkpoint)
+        if any(k.startswith("visual.") for k in sd):
+            sd = {k[len("visual.") :]: v for k, v in sd.items() if k.startswith("visual.")}
+        try:
+            visual.load_state_dict(sd, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CafeBenchError(
+                f"checkpoint {checkpoint} does not fit open_clip:{arch}'s vision tower: {first}"
+            ) from None
+    return OpenClipBackbone(visual, preprocess["mean"], preprocess["std"])
+
+
+def _timm(model_name: str, pretrained, checkpoint: Path | None, model_kwargs: dict) -> Backbone:
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    if not timm.is_model(model_name):
+        raise _unknown("timm", model_name, timm.list_models("vit_*"))
+    if pretrained is not None and checkpoint is None and str(pretrained).lower() != "none":
+        raise _no_download("timm", model_name, str(pretrained))
+    model = timm.create_model(model_name, pretrained=False, **model_kwargs)
+    if not isinstance(model, VisionTransformer):
+        raise CafeBenchError(f"timm:{model_name} is a {type(model).__name__}, not a timm VisionTransformer")
+    if checkpoint is not None:
+        from timm.models import load_checkpoint
+
+        try:
+            load_checkpoint(model, str(checkpoint), strict=True, weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CafeBenchError(f"checkpoint {checkpoint} does not fit timm:{model_name}: {first}") from None
+    cfg = model.pretrained_cfg or {}
+    return TimmBackbone(model, cfg.get("mean"), cfg.get("std"))
