@@ -203,3 +203,27 @@ def test_a_pickled_or_truncated_checkpoint_is_refused_in_one_line(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:20])
     with pytest.raises(CafeBenchError, match="not a readable torch file"):
         load_backbone("open_clip:ViT-B-32", pretrained=truncated)
+
+
+def test_archs_whose_towers_come_from_the_hub_are_refused_offline():
+    from cafe_bench.errors import CafeBenchError
+    from cafe_bench.models import load_backbone
+
+    with pytest.raises(
+        CafeBenchError, match="builds a tower from 'roberta-base', which open_clip fetches from the hub"
+    ):
+        load_backbone("open_clip:roberta-ViT-B-32")
+
+
+def test_corrupt_checkpoints_and_non_state_dicts_are_one_line_errors(tmp_path):
+    from cafe_bench.errors import CafeBenchError
+    from cafe_bench.models import load_backbone
+
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x01\x02")
+    with pytest.raises(CafeBenchError, match="not a readable safetensors file"):
+        load_backbone("open_clip:ViT-B-32", pretrained=bad)
+    ints = tmp_path / "ints.pt"
+    torch.save({1: torch.zeros(2)}, ints)
+    with pytest.raises(CafeBenchError, match=r"does not hold a state dict \(names to tensors\)"):
+        load_backbone("open_clip:ViT-B-32", pretrained=ints)

@@ -367,3 +367,13 @@ def test_sniff(tmp_path):
     assert not dl.sniff(other)
     (other / "config.json").write_text("{not json")
     assert not dl.sniff(other)
+
+
+def test_a_dict_class_that_is_not_a_name_is_refused(tmp_path):
+    path = write_sae(tmp_path / "ae", "BatchTopKSAE")
+    config_path = (path if path.is_dir() else path.parent) / "config.json"
+    doc = json.loads(config_path.read_text())
+    doc["trainer"]["dict_class"] = ["AutoEncoder"]
+    config_path.write_text(json.dumps(doc))
+    with pytest.raises(SAEFormatError, match="dict_class \\['AutoEncoder'\\] is not supported"):
+        load_sae(path)

@@ -412,3 +412,11 @@ def test_head_index_and_inconsistent_layer_refused(tmp_path):
     cfg = _cfg()
     cfg["metadata"]["hook_layer"] = 7
     _refused(_write(tmp_path / "lay", cfg, _tensors("standard")), "hook_layer 7")
+
+
+def test_a_non_integer_hook_layer_is_a_one_line_refusal(tmp_path):
+    cfg = _cfg("standard")
+    cfg["metadata"]["hook_layer"] = "x"
+    _write(tmp_path / "s", cfg, _tensors("standard"))
+    with pytest.raises(SAEFormatError, match="hook_layer 'x' is not an integer"):
+        load_sae(tmp_path / "s")

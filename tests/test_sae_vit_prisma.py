@@ -321,3 +321,17 @@ def test_topk_applies_relu_to_kept_values(tmp_path, fake_vit_prisma):
     z = load_sae(tmp_path / "sae").encode(x)
     torch.testing.assert_close(z, _ref_encode(x, t, "layer_norm", "topk", 8), rtol=1e-5, atol=1e-6)
     assert (z >= 0).all()
+
+
+def test_only_its_own_files_are_sniffed_and_a_bad_d_sae_is_refused(tmp_path, fake_vit_prisma):
+    folder = tmp_path / "sae"
+    _write(folder, _config(), _tensors(0))
+    (folder / "notes.txt").write_text("hello")
+    from cafe_bench.sae.formats.vit_prisma import sniff
+
+    assert not sniff(folder / "notes.txt") and sniff(folder) and sniff(folder / "config.json")
+    cfg = _config()
+    cfg["d_sae"] = "abc"
+    _write(tmp_path / "bad", cfg, _tensors(0))
+    with pytest.raises(SAEFormatError, match="d_sae 'abc' is not an integer"):
+        load_sae(tmp_path / "bad")

@@ -6,7 +6,9 @@ A pretrained tag (e.g. open_clip's ``openai``) is refused with a message that sa
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import os
 import pickle
 from pathlib import Path
 
@@ -84,25 +86,43 @@ def _no_download(library: str, model_name: str, tag: str) -> CafeBenchError:
 
 def _read_state_dict(path: Path) -> dict:
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, ValueError, OSError) as exc:
+            raise CafeBenchError(f"checkpoint {path} is not a readable safetensors file ({exc})") from None
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise CafeBenchError(
-            f"checkpoint {path} holds pickled objects other than tensors; refusing to unpickle code: re-save its "
-            "state dict alone (or as .safetensors)"
+            f"checkpoint {path} cannot be read as tensors alone: corrupt, or it pickles objects other than tensors; "
+            "refusing to unpickle code: re-save its state dict alone (or as .safetensors)"
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:
         raise CafeBenchError(f"checkpoint {path} is not a readable torch file (truncated or corrupt: {exc})") from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise CafeBenchError(f"checkpoint {path} does not hold a state dict")
+    if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
+        raise CafeBenchError(f"checkpoint {path} does not hold a state dict (names to tensors)")
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
+
+
+@contextlib.contextmanager
+def _offline():
+    """Hugging Face hub offline for the block (a stray fetch fails at once instead of hanging); restored after."""
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
 
 
 def _open_clip(arch: str, pretrained, checkpoint: Path | None, model_kwargs: dict) -> Backbone:
@@ -115,6 +135,13 @@ def _open_clip(arch: str, pretrained, checkpoint: Path | None, model_kwargs: dic
     cfg = None if ":" in arch else get_model_config(arch)
     if cfg is None:
         raise _unknown("open_clip", arch, open_clip.list_models())
+    remote = cfg.get("text_cfg", {}).get("hf_model_name") or cfg.get("vision_cfg", {}).get("timm_model_name")
+    if remote:
+        # open_clip builds such a tower from the Hugging Face / timm hub config even with pretrained=None
+        raise CafeBenchError(
+            f"open_clip:{arch} builds a tower from {remote!r}, which open_clip fetches from the hub; not possible "
+            "offline (use an open_clip VisionTransformer arch, or the vision tower's timm: name)"
+        )
     if pretrained is not None and checkpoint is None and str(pretrained).lower() != "none":
         tag = str(pretrained)
         tag_cfg = get_pretrained_cfg(arch, tag)
@@ -127,9 +154,10 @@ def _open_clip(arch: str, pretrained, checkpoint: Path | None, model_kwargs: dic
             )
         raise _no_download("open_clip", arch, tag)
     # pretrained=None: no tag, no checkpoint; pretrained_text/_image=False: no HF/timm base weights for either tower
-    model = open_clip.create_model(
-        arch, pretrained=None, pretrained_text=False, pretrained_image=False, device="cpu", **model_kwargs
-    )
+    with _offline():
+        model = open_clip.create_model(
+            arch, pretrained=None, pretrained_text=False, pretrained_image=False, device="cpu", **model_kwargs
+        )
     visual = model.visual
     preprocess = dict(getattr(visual, "preprocess_cfg", None) or open_clip.get_model_preprocess_cfg(model))
     del model  # drop the text tower

@@ -100,8 +100,9 @@ def torch_load_tensors(path: Path) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise SAEFormatError(
-            f"{path}: holds pickled objects other than tensors ({str(exc).splitlines()[0][:120]}); refusing to "
-            "unpickle code; re-save the state dict alone (torch.save(sae.state_dict(), ...)) or as safetensors"
+            f"{path}: cannot be read as tensors alone: corrupt, or it pickles objects other than tensors "
+            f"({str(exc).splitlines()[0][:120]}); refusing to unpickle code; re-save the state dict alone "
+            "(torch.save(sae.state_dict(), ...)) or as safetensors"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise SAEFormatError(f"{path}: not a readable torch file (truncated or corrupt: {exc})") from None

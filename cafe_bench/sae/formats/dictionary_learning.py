@@ -94,7 +94,7 @@ class DictionaryLearningSAE(SAE):
 
     def __init__(self, dict_class: str, tensors: dict[str, torch.Tensor], hook: SAEHook, normalisation: str):
         super().__init__()
-        if dict_class not in _KEYS:
+        if not isinstance(dict_class, str) or dict_class not in _KEYS:
             raise ValueError(f"unsupported dict_class {dict_class!r}")
         self.dict_class = dict_class
         self.linear_layout = "encoder.weight" in _KEYS[dict_class]
@@ -242,7 +242,7 @@ def load(path: Path) -> DictionaryLearningSAE:
             )
     trainer = _read_config(config_path)
     dict_class = trainer.get("dict_class")
-    if dict_class not in _KEYS:
+    if not isinstance(dict_class, str) or dict_class not in _KEYS:
         raise SAEFormatError(
             f"{config_path}: dict_class {dict_class!r} is not supported (supported: {', '.join(SUPPORTED)})"
         )
@@ -258,7 +258,10 @@ def load(path: Path) -> DictionaryLearningSAE:
         if key in trainer and trainer[key] != value:
             raise SAEFormatError(f"{config_path}: {key} {trainer[key]} does not match {weights} ({value})")
     if "k" in state:
-        k = int(state["k"].item())
+        k_value = state["k"].item()
+        if k_value != int(k_value):
+            raise SAEFormatError(f"{weights}: k={k_value} is not an integer")
+        k = int(k_value)
         if k <= 0 or (dict_class == "AutoEncoderTopK" and k > d_sae):
             raise SAEFormatError(f"{weights}: k={k} is not in 1..{d_sae}")
         if trainer.get("k") is not None and trainer["k"] != k:

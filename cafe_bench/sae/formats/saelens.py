@@ -272,7 +272,9 @@ def _hook(cfg: dict, cfg_path: Path) -> SAEHook:
             f"{cfg_path}: hook {name!r} is not the residual stream after a block (blocks.L.hook_resid_post)"
         )
     block, where = int(m.group(1)), m.group(2)
-    if hook_layer is not None and int(hook_layer) != block:
+    if hook_layer is not None and (not isinstance(hook_layer, int) or isinstance(hook_layer, bool)):
+        raise SAEFormatError(f"{cfg_path}: hook_layer {hook_layer!r} is not an integer")
+    if hook_layer is not None and hook_layer != block:
         raise SAEFormatError(f"{cfg_path}: hook_layer {hook_layer} disagrees with hook_name {name!r}")
     if where == "post":
         return SAEHook(layer=block, name=name)

@@ -176,8 +176,8 @@ def _read(file: Path) -> tuple[dict, dict]:
     except pickle.UnpicklingError as exc:
         first = (str(exc).splitlines() or [""])[0][:120]
         raise SAEFormatError(
-            f"{file}: the payload after the header holds pickled objects other than tensors ({first}); refusing to "
-            "unpickle code; re-save the state dict alone with saev.nn.dump"
+            f"{file}: the payload after the header cannot be read as tensors alone: corrupt, or it pickles objects "
+            f"other than tensors ({first}); refusing to unpickle code; re-save the state dict alone with saev.nn.dump"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         first = (str(exc).splitlines() or [""])[0][:160]

@@ -162,8 +162,11 @@ def _resolve(path: Path) -> tuple[Path, Path]:
 
 
 def sniff(path: Path) -> bool:
-    """True for a directory, or a file inside one, holding ``config.json`` and an ``n_images_{N}.pt``."""
+    """True for a directory holding ``config.json`` and an ``n_images_{N}.pt``, or for either of those files in
+    such a directory (not for any other file beside them)."""
     path = Path(path)
+    if path.is_file() and path.name != "config.json" and not _CKPT_RE.match(path.name):
+        return False
     directory = path if path.is_dir() else path.parent
     return (directory / "config.json").is_file() and bool(_checkpoints(directory))
 
@@ -363,7 +366,9 @@ def load(path: Path) -> ViTPrismaSAE:
     for name in names:
         t = state.get(name)
         if not isinstance(t, torch.Tensor):
-            raise SAEFormatError(f"{ckpt}: missing tensor {name!r} ({architecture} SAE); found {sorted(state)[:8]}")
+            raise SAEFormatError(
+                f"{ckpt}: missing tensor {name!r} ({architecture} SAE); found {sorted(map(str, state))[:8]}"
+            )
         tensors[name] = t.detach().to(dtype).clone()
     d_in = cfg.get("d_in")
     if not (tensors["W_enc"].ndim == 2 and isinstance(d_in, int)):
@@ -379,7 +384,9 @@ def load(path: Path) -> ViTPrismaSAE:
             raise SAEFormatError(
                 f"{ckpt}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {shape} (config d_in {d_in})"
             )
-    if expected_sae is not None and int(expected_sae) != d_sae:
+    if expected_sae is not None and (not isinstance(expected_sae, int) or isinstance(expected_sae, bool)):
+        raise SAEFormatError(f"{ckpt}: config.json d_sae {expected_sae!r} is not an integer")
+    if expected_sae is not None and expected_sae != d_sae:
         raise SAEFormatError(f"{ckpt}: W_enc has {d_sae} features but config.json says d_sae {expected_sae}")
     if k is not None and k > d_sae:
         raise SAEFormatError(f"{config_path}: topk k={k} exceeds d_sae {d_sae}")
