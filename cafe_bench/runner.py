@@ -135,12 +135,17 @@ def _records(target, method, protocol, curves, config, status_override=None) -> 
     return out
 
 
+SAE_QUALITY_IMAGES = 64
+"""FVU and L0 are measured on at most this many of the run's images (the first by image id)."""
+
+
 def _sae_quality(suite, layers, units) -> dict:
-    """FVU and L0 of each run SAE on the patch tokens of the run's images, by layer (str keys, as stored);
+    """FVU and L0 of each run SAE on the patch tokens of (up to ``SAE_QUALITY_IMAGES`` of) the run's images, by
+    layer (str keys, as stored);
     warns when an FVU is implausible (a wrong b_dec or normalisation convention shows here)."""
     from cafe_bench.sae.quality import sae_quality, warn_implausible
 
-    image_ids = sorted({u.image_id for u in units})
+    image_ids = sorted({u.image_id for u in units})[:SAE_QUALITY_IMAGES]  # bounded cost on large suites
     if not image_ids:
         return {}
     quality = sae_quality(suite.backbone, {layer: suite.saes[layer] for layer in layers}, suite.images(image_ids))
