@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from cafe_bench.protocols.registry import higher_is_better, list_protocols
+from cafe_bench.results import unit_set
 from cafe_bench.schema import BOARD_ROW_FIELDS, SCHEMA_VERSION, UNIT_FIELDS, status_kind
 from cafe_bench.stats import clustered_bootstrap_ci
 
@@ -52,21 +53,18 @@ def summarize(
     within them (``ci_method`` percentile or bca, ``n_resamples`` replicates, seeded by ``seed``).
     """
     rows = []
-    unit_cols = list(UNIT_FIELDS)
     for (layer, protocol), lp in records.groupby(["layer", "protocol"], sort=True):
         kinds = lp["status"].map(status_kind)
-        ok_units, counts = {}, {}
+        ok_rows, counts = {}, {}
         for method, group in lp.groupby("method", sort=True):
             k = kinds.loc[group.index]
-            ok = group[k == "ok"]
-            ok_units[method] = set(map(tuple, ok[unit_cols].itertuples(index=False, name=None)))
+            ok_rows[method] = group[k == "ok"]
             counts[method] = (int((k == "failed").sum()), int((k == "dead").sum()))
-        ranked = [m for m in ok_units if counts[m][0] == 0]
-        common = set.intersection(*(ok_units[m] for m in ranked)) if ranked else set()
-        for method, group in lp.groupby("method", sort=True):
-            ok = group[kinds.loc[group.index] == "ok"]
+        ranked = [m for m in ok_rows if counts[m][0] == 0]
+        common = set.intersection(*(unit_set(ok_rows[m]) for m in ranked)) if ranked else set()
+        for method, ok in ok_rows.items():
             if method in ranked:
-                keys = list(map(tuple, ok[unit_cols].itertuples(index=False, name=None)))
+                keys = ok[list(UNIT_FIELDS)].itertuples(index=False, name=None)
                 ok = ok.loc[np.array([key in common for key in keys], dtype=bool)]
             mean, low, high = clustered_bootstrap_ci(
                 ok["auc"].to_numpy(dtype=float),

@@ -155,3 +155,23 @@ def test_entry_point_plugins_are_found_and_run(monkeypatch, target):
     scores = get_attributor("row_plugin").scores(target)
     assert scores[0, :, 0].tolist() == list(range(target.grid[0]))
     assert registry.attributor_source("row_plugin") == "my-plugin 1.2.3"
+
+
+def test_a_method_that_needs_no_gradient_runs_without_autograd(suite):
+    seen = {}
+
+    class Probe(Attributor):
+        needs_grad = False
+
+        def attribute(self, target):
+            seen["grad"] = torch.is_grad_enabled()
+            return torch.zeros(len(target), *target.grid)
+
+    class GradProbe(Probe):
+        needs_grad = True
+
+    target = suite.target(suite.units([1])[:2])
+    Probe().scores(target)
+    assert seen["grad"] is False
+    GradProbe().scores(target)
+    assert seen["grad"] is True

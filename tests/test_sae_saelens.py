@@ -420,3 +420,14 @@ def test_a_non_integer_hook_layer_is_a_one_line_refusal(tmp_path):
     _write(tmp_path / "s", cfg, _tensors("standard"))
     with pytest.raises(SAEFormatError, match="hook_layer 'x' is not an integer"):
         load_sae(tmp_path / "s")
+
+
+def test_the_sae_command_refuses_a_wrong_width_naming_both_sizes(tmp_path, capsys):
+    from cafe_bench.cli import main
+
+    _write(tmp_path / "s", _cfg("standard"), _tensors("standard"))
+    assert main(["sae", str(tmp_path / "s"), "--d-model", str(D_IN)]) == 0
+    assert "saelens" in capsys.readouterr().out
+    assert main(["sae", str(tmp_path / "s"), "--d-model", "1024"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"SAE d_in {D_IN} does not match the model's width 1024" in err

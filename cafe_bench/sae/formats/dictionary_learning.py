@@ -39,15 +39,16 @@ WEIGHTS = "ae.pt"
 CONFIG = "config.json"
 
 # dict_class -> {key: shape pattern}; "m" = dict_size, "d" = activation_dim, () = scalar.
+_LINEAR_TOPK = {  # BatchTopKSAE and AutoEncoderTopK store the same tensors
+    "encoder.weight": ("m", "d"),
+    "encoder.bias": ("m",),
+    "decoder.weight": ("d", "m"),
+    "b_dec": ("d",),
+    "threshold": (),
+    "k": (),
+}
 _KEYS: dict[str, dict[str, tuple]] = {
-    "BatchTopKSAE": {
-        "encoder.weight": ("m", "d"),
-        "encoder.bias": ("m",),
-        "decoder.weight": ("d", "m"),
-        "b_dec": ("d",),
-        "threshold": (),
-        "k": (),
-    },
+    "BatchTopKSAE": _LINEAR_TOPK,
     "MatryoshkaBatchTopKSAE": {
         "W_enc": ("d", "m"),
         "b_enc": ("m",),
@@ -57,14 +58,7 @@ _KEYS: dict[str, dict[str, tuple]] = {
         "k": (),
         "group_sizes": ("g",),
     },
-    "AutoEncoderTopK": {
-        "encoder.weight": ("m", "d"),
-        "encoder.bias": ("m",),
-        "decoder.weight": ("d", "m"),
-        "b_dec": ("d",),
-        "threshold": (),
-        "k": (),
-    },
+    "AutoEncoderTopK": _LINEAR_TOPK,
     "AutoEncoder": {
         "encoder.weight": ("m", "d"),
         "encoder.bias": ("m",),
