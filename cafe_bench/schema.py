@@ -43,9 +43,19 @@ def unit_key(record) -> tuple:
     return record_key(record)[: len(UNIT_FIELDS)]
 
 
+def image_key(image_id) -> str:
+    """A file-name-safe name of an image id: the integer itself, or ``h`` + 16 hex digits of the id's SHA-256
+    for a string id (a path may hold ``/`` and other characters an archive member name should not)."""
+    if isinstance(image_id, str):
+        import hashlib
+
+        return "h" + hashlib.sha256(image_id.encode()).hexdigest()[:16]
+    return str(int(image_id))
+
+
 def scores_key(layer: int, feature: int, image_id, token: int, method: str) -> str:
     """Name of a unit x method's patch scores in ``scores.npz`` (shared by its protocols)."""
-    return f"L{layer}_f{feature}_i{image_id}_t{token}_{method}"
+    return f"L{layer}_f{feature}_i{image_key(image_id)}_t{token}_{method}"
 
 
 def check_version(doc: dict, what: str) -> None:
@@ -83,7 +93,7 @@ class Record:
     suite_version: str
     layer: int
     feature: int
-    image_id: int
+    image_id: int | str
     token: int
     method: str
     method_params: dict

@@ -12,15 +12,16 @@ import torch
 
 @dataclass(frozen=True, order=True)
 class Unit:
-    """One unit of work: feature ``feature`` of the SAE at block ``layer``, on scene ``image_id``, at
-    patch token ``token`` (row-major patch index, 0..gh*gw-1)."""
+    """One unit of work: feature ``feature`` of the SAE at block ``layer``, on image ``image_id`` of the suite's
+    image source (an int for the built-in scenes, a relative path for image files), at patch token ``token``
+    (row-major patch index, 0..gh*gw-1)."""
 
     layer: int
     feature: int
-    image_id: int
+    image_id: int | str
     token: int
 
-    def key(self) -> tuple[int, int, int, int]:
+    def key(self) -> tuple:
         """(layer, feature, image_id, token)."""
         return (self.layer, self.feature, self.image_id, self.token)
 

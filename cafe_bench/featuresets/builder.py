@@ -42,8 +42,10 @@ class FeatureSetRules:
 
 
 def units_sha256(units: list[dict]) -> str:
-    """SHA-256 of the canonical JSON of a unit list (field order fixed)."""
-    canon = json.dumps([[int(u[f]) for f in UNIT_FIELDS] for u in units], separators=(",", ":"))
+    """SHA-256 of the canonical JSON of a unit list (field order fixed; string image ids stay strings)."""
+    canon = json.dumps(
+        [[u[f] if isinstance(u[f], str) else int(u[f]) for f in UNIT_FIELDS] for u in units], separators=(",", ":")
+    )
     return hashlib.sha256(canon.encode()).hexdigest()
 
 

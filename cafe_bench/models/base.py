@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image file becomes the model's input: resize the shorter side to ``resize`` pixels with
+    ``interpolation``, then centre-crop ``size`` (H, W). Mean/std normalisation is the adapter's, not this."""
+
+    size: tuple[int, int]
+    resize: int
+    interpolation: str = "bicubic"
+
+    def to_dict(self) -> dict:
+        """JSON form (recorded with a run)."""
+        return {"size": list(self.size), "resize": self.resize, "interpolation": self.interpolation}
 
 
 class Backbone(nn.Module, abc.ABC):
@@ -25,6 +40,19 @@ class Backbone(nn.Module, abc.ABC):
     """Residual stream dimension d."""
     n_prefix_tokens: int
     """Tokens before the patch tokens (CLS and friends); patch p sits at position n_prefix_tokens + p."""
+
+    preprocess_cfg: Preprocess | None = None
+    """Set by the factory from the library's own eval preprocessing; None: resize and crop to the input size."""
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the model's input in pixels."""
+        return (self.grid[0] * self.patch_size, self.grid[1] * self.patch_size)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The eval preprocessing of image files for this model (resize shorter side, centre crop)."""
+        return self.preprocess_cfg or Preprocess(self.image_size, min(self.image_size))
 
     @property
     def n_patches(self) -> int:

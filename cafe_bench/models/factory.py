@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 import os
 import pickle
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 from cafe_bench.errors import CafeBenchError
-from cafe_bench.models.base import Backbone
+from cafe_bench.models.base import Backbone, Preprocess
 from cafe_bench.models.open_clip_vit import OpenClipBackbone
 from cafe_bench.models.timm_vit import TimmBackbone
 
@@ -177,7 +178,12 @@ def _open_clip(arch: str, pretrained, checkpoint: Path | None, model_kwargs: dic
             raise CafeBenchError(
                 f"checkpoint {checkpoint} does not fit open_clip:{arch}'s vision tower: {first}"
             ) from None
-    return OpenClipBackbone(visual, preprocess["mean"], preprocess["std"])
+    backbone = OpenClipBackbone(visual, preprocess["mean"], preprocess["std"])
+    # open_clip's eval transform: resize the shortest side to the input size, centre crop (resize_mode "shortest")
+    backbone.preprocess_cfg = Preprocess(
+        backbone.image_size, min(backbone.image_size), str(preprocess.get("interpolation") or "bicubic")
+    )
+    return backbone
 
 
 def _timm(model_name: str, pretrained, checkpoint: Path | None, model_kwargs: dict) -> Backbone:
@@ -200,4 +206,17 @@ def _timm(model_name: str, pretrained, checkpoint: Path | None, model_kwargs: di
             first = str(exc).strip().splitlines()[0]
             raise CafeBenchError(f"checkpoint {checkpoint} does not fit timm:{model_name}: {first}") from None
     cfg = model.pretrained_cfg or {}
-    return TimmBackbone(model, cfg.get("mean"), cfg.get("std"))
+    backbone = TimmBackbone(model, cfg.get("mean"), cfg.get("std"))
+    backbone.preprocess_cfg = timm_preprocess(model, backbone.image_size)
+    return backbone
+
+
+def timm_preprocess(model, image_size: tuple[int, int]) -> Preprocess:
+    """timm's eval transform for ``model``: resize the shorter side to ``floor(size / crop_pct)``, centre crop."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    crop_pct = float(cfg.get("crop_pct") or 1.0)
+    return Preprocess(
+        image_size, int(math.floor(min(image_size) / crop_pct)), str(cfg.get("interpolation") or "bicubic")
+    )

@@ -32,6 +32,7 @@ from cafe_bench.plots.curves import (
 )
 from cafe_bench.plots.style import method_colour, save_figure
 from cafe_bench.plots.unit import plot_unit, unit_figure, unit_maps
+from cafe_bench.schema import image_key
 from cafe_bench.stats import CI_METHODS
 from cafe_bench.store import RUN
 
@@ -40,7 +41,9 @@ def _first_ok_unit(records: pd.DataFrame):
     from cafe_bench.target import Unit
 
     row = _ok(records).iloc[0]
-    return Unit(int(row["layer"]), int(row["feature"]), int(row["image_id"]), int(row["token"]))
+    image = row["image_id"]
+    image = image if isinstance(image, str) else int(image)
+    return Unit(int(row["layer"]), int(row["feature"]), image, int(row["token"]))
 
 
 def _load_run_suite(config: dict, records: pd.DataFrame, run_dir: Path):
@@ -125,7 +128,7 @@ def plot_run(
     protocols = [p for p in config.get("protocols", present) if p in present]
     figures = {f"curves_{p}": curves_figure(records, p, **stats) for p in protocols}
     figures["auc_by_layer"] = auc_by_layer_figure(records, **stats)
-    name = f"unit_L{unit.layer}_F{unit.feature}_I{unit.image_id}_T{unit.token}"
+    name = f"unit_L{unit.layer}_F{unit.feature}_I{image_key(unit.image_id)}_T{unit.token}"
     figures[name] = unit_figure(
         suite,
         unit,

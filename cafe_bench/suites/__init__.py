@@ -6,6 +6,7 @@ package. ``load_suite`` accepts a built-in name or the path of such a directory.
 
 from __future__ import annotations
 
+import hashlib
 from functools import cached_property
 from pathlib import Path
 
@@ -30,7 +31,14 @@ def list_suites() -> list[str]:
 
 def unit_seed(run_seed: int, unit: Unit) -> int:
     """A 63-bit seed for one unit, a pure function of the run seed and the unit key."""
-    return int(np.random.SeedSequence([int(run_seed), *unit.key()]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+    image = unit.image_id
+    if isinstance(image, str):  # a file id: two 32-bit words of its SHA-256, after a marker no integer id uses
+        digest = hashlib.sha256(image.encode()).digest()
+        image = [2**32 - 1, int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:8], "little")]
+    else:
+        image = [int(image)]
+    entropy = [int(run_seed), unit.layer, unit.feature, *image, unit.token]
+    return int(np.random.SeedSequence(entropy).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 class Suite:
