@@ -7,6 +7,7 @@ import sys
 import warnings
 
 from cafe_bench.errors import CafeBenchError
+from cafe_bench.featuresets import command as featureset_command
 
 
 def _csv(value: str) -> list[str]:
@@ -47,7 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
         "run insertion/deletion curves, store per-unit records and print mean AUC "
         "with 95%% clustered bootstrap CIs per method x layer.",
     )
-    run.add_argument("--suite", default="tiny", help="built-in suite name or suite directory (default: tiny)")
+    run.add_argument(
+        "suite_positional",
+        nargs="?",
+        default=None,
+        metavar="SUITE",
+        help="built-in suite name (tiny, photos), a suite .toml file or a suite directory (default: tiny); "
+        "the same as --suite",
+    )
+    run.add_argument("--suite", default=None, help="the same as SUITE (default: tiny)")
     run.add_argument(
         "--methods",
         type=_csv,
@@ -184,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     sae.add_argument("--d-model", type=int, default=None, help="the model's width at the hooked block, to check")
     sub.add_parser("methods", help="list registered attribution methods with their source")
     sub.add_parser("suites", help="list built-in suites")
+    featureset_command.add_parser(sub)
     return parser
 
 
@@ -192,8 +202,10 @@ def _cmd_run(args) -> int:
     from cafe_bench.leaderboard import render_markdown, summarize
     from cafe_bench.runner import failure_summary, run
 
+    if args.suite and args.suite_positional and args.suite != args.suite_positional:
+        raise CafeBenchError(f"two suites given ({args.suite_positional} and --suite {args.suite}); give one")
     records = run(
-        suite=args.suite,
+        suite=args.suite or args.suite_positional or "tiny",
         methods=args.methods,
         protocols=args.protocols,
         layers=args.layers,
@@ -389,6 +401,7 @@ def main(argv=None) -> int:
         "methods": _cmd_methods,
         "sae": _cmd_sae,
         "suites": _cmd_suites,
+        "featureset": featureset_command.main,
     }
     try:
         with warnings.catch_warnings():

@@ -99,7 +99,7 @@ def main(argv=None) -> int:
         "run": str(args.run.relative_to(ROOT) if args.run.is_relative_to(ROOT) else args.run),
         "tolerance": DEFAULT_TOLERANCE,
         "ci_floor": 0.02,
-        "date": dt.datetime.now(dt.timezone.utc).date().isoformat(),
+        "date": dt.datetime.now(dt.UTC).date().isoformat(),
         "machine": f"{platform.machine()} {platform.system()}, Python {platform.python_version()}",
         "paired": summary([r["paired"] for r in rows]),
         "ci": summary([r["ci"] for r in rows]),

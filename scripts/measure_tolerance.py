@@ -130,7 +130,7 @@ def main() -> None:
         name: compare(ref, df, args.tie_sensitive) for name, (_, df) in loaded.items() if name != "reference"
     }
     summary = {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "processor": platform.processor(),
         "platform": platform.platform(),
         "python": platform.python_version(),

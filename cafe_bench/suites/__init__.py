@@ -1,32 +1,34 @@
-"""Suites: a model, its SAEs, a frozen feature set and protocol defaults, named by a checksummed manifest.
+"""Suites: a model, its SAEs, an image source, a frozen feature set and protocol defaults.
 
-A suite is a directory with ``suite.json`` (see ``tiny/suite.json``); built-in suites ship inside the
-package. ``load_suite`` accepts a built-in name or the path of such a directory.
+A suite is a TOML spec (:mod:`cafe_bench.suites.spec`; ``photos/suite.toml``) or a directory with a checksummed
+``suite.json`` manifest (``tiny``). Built-in suites ship inside the package. ``load_suite`` accepts a built-in name,
+a ``.toml`` path or a suite directory.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cafe_bench.errors import CafeBenchError, UnknownNameError
+from cafe_bench.errors import CafeBenchError, SuiteError, UnknownNameError
 from cafe_bench.featuresets.builder import read_feature_set
 from cafe_bench.protocols.baselines import make_baseline
-from cafe_bench.scenes import SceneConfig, make_images
+from cafe_bench.scenes import SceneConfig
 from cafe_bench.suites.manifest import read_manifest, verify_file
 from cafe_bench.target import Target, Unit
 
-BUILTIN_SUITES = {"tiny": Path(__file__).parent / "tiny"}
+BUILTIN_SUITES = {"tiny": Path(__file__).parent / "tiny", "photos": Path(__file__).parent / "photos"}
 """Built-in suite name -> directory."""
 
 
 def list_suites() -> list[str]:
-    """Names of the built-in suites."""
-    return sorted(BUILTIN_SUITES)
+    """Names of the built-in suites whose files are installed."""
+    return sorted(name for name, path in BUILTIN_SUITES.items() if path.is_dir())
 
 
 def unit_seed(run_seed: int, unit: Unit) -> int:
@@ -41,26 +43,50 @@ def unit_seed(run_seed: int, unit: Unit) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-class Suite:
-    """A loaded suite. Files are verified against the manifest when loaded; the model loads lazily.
+class LazySAEs(Mapping):
+    """{layer: SAE}, each SAE loaded (and checked against the model's width) when first used."""
 
-    Args:
-        path: the suite directory.
-        device: ``cpu`` or ``cuda``; where the model, SAEs and targets live.
+    def __init__(self, layers, load):
+        self._layers = sorted(int(layer) for layer in layers)
+        self._load = load
+        self._loaded: dict[int, object] = {}
+
+    def __getitem__(self, layer):
+        layer = int(layer)
+        if layer not in self._layers:
+            raise KeyError(layer)
+        if layer not in self._loaded:
+            self._loaded[layer] = self._load(layer)
+        return self._loaded[layer]
+
+    def __iter__(self):
+        return iter(self._layers)
+
+    def __len__(self) -> int:
+        return len(self._layers)
+
+    @property
+    def loaded(self) -> list[int]:
+        """Layers whose SAE has been loaded so far."""
+        return sorted(self._loaded)
+
+
+class Suite:
+    """A loaded suite: model, SAEs (loaded lazily, per layer), image source, frozen feature set, protocol defaults.
+
+    Built by :func:`load_suite` from a built-in name, a suite directory (``suite.json``) or a TOML spec. Files
+    are checked when the suite is loaded; the model and each SAE load on first use.
     """
 
-    def __init__(self, path: Path, device: str = "cpu"):
-        self.path = Path(path)
-        self.manifest = read_manifest(self.path / "suite.json")
-        self.name = self.manifest["name"]
-        self.version = str(self.manifest["version"])
-        """Released suites never change in place: changing what a suite holds means a new version or name."""
+    name: str
+    version: str
+    """Released suites never change in place: changing what a suite holds means a new version or name."""
+    layers: list[int]
+    protocol_defaults: dict
+    feature_set: dict
+
+    def __init__(self, device: str = "cpu"):
         self.device = torch.device(device)
-        for file_name, digest in self.manifest["files"].items():
-            verify_file(self.path / file_name, digest)
-        self.feature_set = read_feature_set(self.path / self.manifest["feature_set"])
-        self.layers = sorted(int(layer) for layer in self.manifest["saes"])
-        self.protocol_defaults = dict(self.manifest["protocol"])
 
     @property
     def baseline_options(self) -> dict:
@@ -72,30 +98,27 @@ class Suite:
 
     @property
     def hashes(self) -> dict:
-        """SHA-256 of every file of the suite (model weights, SAE weights, feature set)."""
-        return dict(self.manifest["files"])
+        """SHA-256 of everything the suite's numbers depend on (weights, SAEs, feature set, images)."""
+        raise NotImplementedError
 
     @cached_property
     def backbone(self):
         """The ViT adapter with the suite's weights, in eval mode, on ``device``."""
-        from cafe_bench.models import build_backbone
-
-        spec = self.manifest["model"]
-        return build_backbone(spec, self.path / spec["weights"]).to(self.device).eval()
+        return self._build_backbone().to(self.device).eval()
 
     @cached_property
-    def saes(self) -> dict:
-        """{layer: SAE} on ``device``."""
-        from cafe_bench.sae import build_sae
+    def saes(self) -> LazySAEs:
+        """{layer: SAE} on ``device``, each loaded when first used."""
+        return LazySAEs(self.layers, lambda layer: self._load_sae(layer).to(self.device).eval())
 
-        return {
-            int(layer): build_sae(spec, self.path / spec["weights"]).to(self.device)
-            for layer, spec in self.manifest["saes"].items()
-        }
+    @cached_property
+    def image_source(self):
+        """Where the suite's images come from (:class:`cafe_bench.images.ImageSource`)."""
+        return self._image_source()
 
     def n_features(self, layer: int) -> int:
         """Dictionary size m of the SAE at ``layer``."""
-        return int(self.manifest["saes"][str(layer)]["d_sae"])
+        return int(self.saes[layer].d_sae)
 
     def units(self, layers=None) -> list[Unit]:
         """The frozen units, optionally only those of ``layers``."""
@@ -113,22 +136,21 @@ class Suite:
             )
 
     def check_unit(self, unit: Unit) -> None:
-        """Raise CafeBenchError if the unit's layer, feature or token is out of range."""
+        """Raise CafeBenchError if the unit's layer, feature, image or token is out of range."""
         self.check_layers([unit.layer])
         m = self.n_features(unit.layer)
         if not 0 <= unit.feature < m:
             raise CafeBenchError(
                 f"feature {unit.feature} out of range for the layer-{unit.layer} SAE; valid: 0..{m - 1}"
             )
+        self.image_source.check_ids([unit.image_id])
         n_patches = self.backbone.n_patches
         if not 0 <= unit.token < n_patches:
             raise CafeBenchError(f"token {unit.token} out of range; valid: 0..{n_patches - 1}")
 
     def images(self, image_ids) -> torch.Tensor:
-        """Scenes of the suite's stream, (N, 3, H, W) in [0, 1] on ``device``."""
-        scenes = self.manifest["scenes"]
-        arr = make_images(scenes["seed"], list(image_ids), SceneConfig(**scenes["config"]))
-        return torch.from_numpy(arr).to(self.device)
+        """Images of the suite's source, preprocessed for its model: (N, 3, H, W) in [0, 1] on ``device``."""
+        return self.image_source.load(list(image_ids), self.backbone.preprocess).to(self.device)
 
     def target(self, units, baseline: str | None = None, seed: int = 0) -> Target:
         """A batch Target for ``units`` with the ``baseline`` images (default: the suite's, ``blur``)."""
@@ -142,17 +164,75 @@ class Suite:
         return Target(self.backbone, self.saes, units, images, base, seeds, baseline_name=name)
 
 
+class ManifestSuite(Suite):
+    """A suite directory with a checksummed ``suite.json`` (the built-in ``tiny``): every file verified on load.
+
+    Args:
+        path: the suite directory.
+        device: ``cpu`` or ``cuda``; where the model, SAEs and targets live.
+    """
+
+    def __init__(self, path: Path, device: str = "cpu"):
+        super().__init__(device)
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path / "suite.json")
+        self.name = self.manifest["name"]
+        self.version = str(self.manifest["version"])
+        for file_name, digest in self.manifest["files"].items():
+            verify_file(self.path / file_name, digest)
+        self.feature_set = read_feature_set(self.path / self.manifest["feature_set"])
+        self.layers = sorted(int(layer) for layer in self.manifest["saes"])
+        self.protocol_defaults = dict(self.manifest["protocol"])
+
+    @property
+    def hashes(self) -> dict:
+        return dict(self.manifest["files"])
+
+    def _build_backbone(self):
+        from cafe_bench.models import build_backbone
+
+        spec = self.manifest["model"]
+        return build_backbone(spec, self.path / spec["weights"])
+
+    def _load_sae(self, layer: int):
+        from cafe_bench.sae import build_sae
+
+        spec = self.manifest["saes"][str(layer)]
+        return build_sae(spec, self.path / spec["weights"])
+
+    def n_features(self, layer: int) -> int:
+        return int(self.manifest["saes"][str(layer)]["d_sae"])
+
+    def _image_source(self):
+        from cafe_bench.images import ScenesSource
+
+        scenes = self.manifest["scenes"]
+        n_pool = int(self.feature_set.get("rules", {}).get("n_pool", 0))
+        n_images = max([n_pool] + [int(u["image_id"]) + 1 for u in self.feature_set["units"]])
+        return ScenesSource(scenes["seed"], n_images, SceneConfig(**scenes["config"]))
+
+
 def load_suite(name_or_path: str | Path = "tiny", device: str = "cpu") -> Suite:
-    """Load a built-in suite by name or a suite directory by path, verifying every file's checksum.
+    """Load a built-in suite by name, a suite TOML file, or a suite directory (``suite.toml`` or ``suite.json``),
+    checking every field and file before any work.
 
     >>> suite = load_suite("tiny")      # doctest: +SKIP
     >>> len(suite.units())              # doctest: +SKIP
     96
     """
     key = str(name_or_path)
-    if key in BUILTIN_SUITES:
-        return Suite(BUILTIN_SUITES[key], device)
-    path = Path(key)
+    path = BUILTIN_SUITES.get(key, Path(key))
+    if path.is_dir() and (path / "suite.toml").is_file():
+        path = path / "suite.toml"
+    if path.is_file() and path.suffix == ".toml":
+        from cafe_bench.suites.spec import read_spec
+        from cafe_bench.suites.spec_suite import SpecSuite
+
+        return SpecSuite(read_spec(path), device)
     if (path / "suite.json").is_file():
-        return Suite(path, device)
-    raise UnknownNameError(f"unknown suite {key!r}; valid: {', '.join(list_suites())} or a directory with suite.json")
+        return ManifestSuite(path, device)
+    if path.suffix == ".toml":
+        raise SuiteError(f"{path}: suite file not found")
+    raise UnknownNameError(
+        f"unknown suite {key!r}; valid: {', '.join(list_suites())}, a suite .toml file or a directory with suite.json"
+    )

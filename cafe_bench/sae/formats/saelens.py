@@ -406,3 +406,55 @@ register_sae_format(
         "SAELens directory: cfg.json + sae_weights.safetensors (standard, gated, topk, jumprelu)",
     )
 )
+
+
+SAVED_VERSION = "6.0.0"
+"""The SAELens cfg layout :func:`save_saelens` writes (6.x: hook fields under ``metadata``)."""
+
+
+def save_saelens(
+    directory,
+    architecture: str,
+    tensors: dict[str, torch.Tensor],
+    *,
+    k: int | None = None,
+    hook_name: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    metadata: dict | None = None,
+) -> Path:
+    """Write an SAE as SAELens 6.x lays one out (``cfg.json`` + ``sae_weights.safetensors``, inference form:
+    ``apply_b_dec_to_input`` true, no normalisation), tensors stored as ``dtype``; returns the directory.
+
+    Args:
+        architecture: one of ``ARCHITECTURES``; ``tensors`` holds that architecture's tensors (``W_enc`` (d_in,
+            d_sae), ``W_dec`` (d_sae, d_in), ...).
+        k: the top-k of a ``topk`` SAE.
+        hook_name: e.g. ``blocks.7.hook_resid_post`` (recorded under ``metadata``); None writes no hook.
+        metadata: more ``metadata`` fields (training notes).
+    """
+    from safetensors.torch import save
+
+    from cafe_bench.files import write_bytes_atomic, write_json_atomic
+
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown SAELens architecture {architecture!r}; valid: {', '.join(ARCHITECTURES)}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    d_in, d_sae = (int(s) for s in tensors["W_enc"].shape)
+    cfg = {
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "dtype": str(dtype).replace("torch.", ""),
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "architecture": architecture,
+        "metadata": {"sae_lens_version": SAVED_VERSION, "hook_name": hook_name, **(metadata or {})},
+    }
+    if architecture == "topk":
+        cfg.update(k=int(k), rescale_acts_by_decoder_norm=False)
+    weights = {name: tensors[name].detach().to(dtype).contiguous() for name in _TENSORS[architecture]}
+    write_bytes_atomic(directory / WEIGHTS_FILENAME, save(weights))
+    write_json_atomic(directory / CFG_FILENAME, cfg)
+    return directory
