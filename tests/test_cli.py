@@ -16,7 +16,7 @@ from cafe_bench.cli import main
             "unknown protocol 'insert'; valid: insertion, deletion, deletion_lerf, insertion_lerf",
         ),
         (["run", "--baseline", "gray"], "unknown baseline 'gray'; valid: blur, mean, zero"),
-        (["run", "--suite", "huge"], "unknown suite 'huge'; valid: tiny"),
+        (["run", "--suite", "huge"], "unknown suite 'huge'; valid: photos, tiny"),
         (["run", "--device", "tpu"], "unknown device 'tpu'; valid: auto, cpu, cuda"),
         (["run", "--steps", "0"], "steps must be an integer in 1..64 (the number of patches), got 0"),
         (["run", "--steps", "65"], "steps must be an integer in 1..64 (the number of patches), got 65"),

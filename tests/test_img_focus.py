@@ -23,7 +23,7 @@ from cafe_bench.photos import PhotosSource
 
 BLOCKS = (3, 6, 9, 12)
 """1-based, as the ONNX tensor names count; the backbone's residuals() counts from 0."""
-SIZES = (224, 168)
+SIZES = (224, 168, 112)  # 112: the photos suite's input
 PHOTO_IDS = ["astronaut", "coffee", "rocket", "retina", "china", "grace_hopper"]
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(1, 3, 1, 1)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(1, 3, 1, 1)
