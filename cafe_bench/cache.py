@@ -1,7 +1,8 @@
 """The user's cache directory and a SHA-256 cache of files keyed by (path, size, mtime).
 
 The directory is ``$CAFE_BENCH_CACHE`` if set, else ``$XDG_CACHE_HOME/cafe_bench``, else ``~/.cache/cafe_bench``.
-A file is hashed once; later calls return the stored digest while its size and modification time are unchanged.
+A file is hashed once; later calls return the stored digest while its size, modification and change times and inode
+are unchanged.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 _HASHES_FILE = "sha256.json"
 _memory: dict[str, dict[str, list]] = {}
-"""{cache dir: {absolute path: [size, mtime_ns, sha256]}} loaded once per process."""
+"""{cache dir: {absolute path: [size, mtime_ns, ctime_ns, inode, sha256]}} loaded once per process."""
 
 
 def cache_dir() -> Path:
@@ -44,7 +45,7 @@ def _table(directory: Path) -> dict:
 
 
 def cached_sha256(paths) -> list[str]:
-    """SHA-256 of each file of ``paths``, hashing only files new to the cache or changed (size or mtime)."""
+    """SHA-256 of each file of ``paths``, hashing only files new to the cache or changed (size, mtime, ctime, inode)."""
     from cafe_bench.files import write_json_atomic
 
     directory = cache_dir()
@@ -53,12 +54,13 @@ def cached_sha256(paths) -> list[str]:
     for path in paths:
         path = Path(path).resolve()
         stat = path.stat()
+        key = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
         entry = table.get(str(path))
-        if entry is None or entry[0] != stat.st_size or entry[1] != stat.st_mtime_ns:
-            entry = [stat.st_size, stat.st_mtime_ns, file_sha256(path)]
+        if entry is None or entry[:4] != key:  # ctime and inode: a copy that kept the old mtime is hashed again
+            entry = [*key, file_sha256(path)]
             table[str(path)] = entry
             changed = True
-        out.append(entry[2])
+        out.append(entry[4])
     if changed:
         try:
             directory.mkdir(parents=True, exist_ok=True)

@@ -178,7 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("dir", metavar="DIR", help="a directory written by `cafe-bench run --out`")
     plot.add_argument("--out", default=None, help="directory for the figures (default: DIR/figures)")
     plot.add_argument("--format", type=_csv, default=["png", "svg"], help="png,svg (default: both)")
-    plot.add_argument("--unit", type=_layers, default=None, metavar="L,F,IMG,TOKEN", help="unit of the ERF figure")
+    plot.add_argument(
+        "--unit", type=_csv, default=None, metavar="L,F,IMG,TOKEN", help="unit of the ERF figure (IMG: its image id)"
+    )
+    plot.add_argument(
+        "--suite", default=None, help="the run's suite (a .toml file or directory) when it is not a built-in one"
+    )
     plot.add_argument("--methods", type=_csv, default=None, help="methods of the ERF figure (default: up to 4)")
     _stats_options(plot)
     sae = sub.add_parser(
@@ -337,6 +342,7 @@ def _cmd_plot(args) -> int:
         formats=args.format,
         unit=args.unit,
         methods=args.methods,
+        suite=args.suite,
         n_resamples=args.n_resamples,
         seed=args.seed,
         ci_method=args.ci,

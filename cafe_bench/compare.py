@@ -134,7 +134,8 @@ def check_comparable(config: dict, board_config: dict, methods, rule: str, board
         refuse(differ.replace("suite_version", "suite version", 1))
     files, board_files = config.get("suite_files", {}), board_config.get("suite_files", {})
     for name in sorted(set(files) | set(board_files)):
-        feature_set = name == board_config.get("feature_set", "features.json") or name.startswith("features")
+        # a manifest suite names its feature-set file; a TOML suite records "feature_set" and the hash of its images
+        feature_set = name in ("feature_set", "images") or name.startswith("features")
         if files.get(name) != board_files.get(name) and (paired or not feature_set):
             what = "feature set" if feature_set else "weights"
             refuse(f"{what} {name} differs (sha256 {str(files.get(name))[:12]} vs {str(board_files.get(name))[:12]})")

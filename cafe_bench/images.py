@@ -234,7 +234,7 @@ def make_image_source(kind: str, **fields) -> ImageSource:
         raise UnknownNameError(f"unknown image source {kind!r}; valid: {', '.join(sorted(_SOURCES))}")
     try:
         return _SOURCES[kind](**fields)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ImageSourceError(f"image source {kind!r}: {exc}") from None
 
 

@@ -41,7 +41,7 @@ from cafe_bench.images import ImageSource, ImageSourceError, register_image_sour
 
 __all__ = ["PHOTOS", "VIEWS", "Photo", "PhotosSource", "View", "open_photo", "photo_path", "training_crops"]
 
-_INSTALL_HINT = 'pip install -e ".[photos]"'
+_INSTALL_HINT = 'pip install "cafe-bench[photos]" (from a checkout: pip install -e ".[photos]")'
 _DISTRIBUTIONS = {"skimage": "scikit-image", "sklearn": "scikit-learn", "matplotlib": "matplotlib"}
 
 

@@ -78,3 +78,17 @@ def test_stored_records_match_a_fresh_run(committed, photos):
 def test_the_board_gates_its_own_run(capsys):
     assert main(["compare", str(BOARDS / "photos"), "--board", str(BOARDS / "photos.json")]) == 0
     assert "PASS: no regression" in capsys.readouterr().out
+
+
+def test_rebuilding_into_a_folder_of_another_build_is_refused(tmp_path):
+    from dataclasses import asdict, replace
+
+    from cafe_bench.errors import CafeBenchError
+    from cafe_bench.suites.photos_build import PhotosBuildConfig, build_photos
+
+    other = replace(PhotosBuildConfig(), d_sae=256)
+    (tmp_path / "build_report.json").write_text(json.dumps({"config": asdict(other)}))
+    with pytest.raises(CafeBenchError, match="holds a build of another configuration"):
+        build_photos(tmp_path, PhotosBuildConfig(), progress=False)
+    shipped = json.loads((SUITE_DIR / "build_report.json").read_text())["config"]
+    assert shipped == json.loads(json.dumps(asdict(PhotosBuildConfig())))  # the shipped files are this config's

@@ -142,8 +142,10 @@ def test_a_dir_without_results_raises_naming_the_file(run_dir, tmp_path, content
 def test_unknown_format_and_bad_unit_are_user_errors(run_dir, tmp_path):
     with pytest.raises(CafeBenchError, match="unknown figure format 'bmpx'"):
         plot_run(run_dir, tmp_path, formats=("png", "bmpx"))
-    with pytest.raises(CafeBenchError, match="4 integers"):
+    with pytest.raises(CafeBenchError, match="a unit is LAYER,FEATURE,IMAGE_ID,TOKEN"):
         plot_run(run_dir, tmp_path, formats=("png",), unit=(1, 46, 3), n_resamples=10)
+    with pytest.raises(CafeBenchError, match="integer layer, feature and token"):
+        plot_run(run_dir, tmp_path, formats=("png",), unit=("1", "46", "3", "x"), n_resamples=10)
     with pytest.raises(CafeBenchError, match="unknown CI method 'bc'"):
         plot_run(run_dir, tmp_path, formats=("png",), ci_method="bc")
     with pytest.raises(CafeBenchError, match="unknown method 'nope'"):

@@ -13,11 +13,13 @@ import torch
 from PIL import Image
 
 from cafe_bench.cli import main
-from cafe_bench.errors import ChecksumError
+from cafe_bench.errors import CafeBenchError, ChecksumError
 from cafe_bench.featuresets.stream import SelectionRules, build_from_names
+from cafe_bench.models import load_backbone
 from cafe_bench.runner import run
 from cafe_bench.sae.formats.saelens import save_saelens
 from cafe_bench.suites import load_suite
+from cafe_bench.suites.spec import read_spec
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:the SAE at layer:UserWarning")  # random SAEs reconstruct nothing
@@ -193,3 +195,76 @@ def test_clip_suite_smoke_with_random_weights(tmp_path, monkeypatch):
     assert len(records) == 4 and all(r["suite"] == "clip-vit-l14" for r in records)
     run_doc = json.loads((out / "run.json").read_text())
     assert run_doc["saes"]["8"]["d_in"] == 1024 and set(run_doc["saes"]) == {"8"}
+
+
+def test_compare_refuses_another_feature_set_unless_the_ci_rule(mini, tmp_path, capsys):
+    """Runs of a TOML suite carry its file hashes: the paired gate refuses a run on another feature set (exit 2),
+    the ci rule, made for that case, compares it."""
+    args = ["--methods", "activation,gradient", "--no-progress"]
+    assert main(["run", str(mini / "suite.toml"), "--out", str(tmp_path / "a"), *args]) == 0
+    assert main(["leaderboard", str(tmp_path / "a"), "--save", str(tmp_path / "board")]) == 0
+    root = _copy(mini, tmp_path)
+    assert main(["featureset", "build", "--suite", str(root / "suite.toml"), "--per-layer", "2",
+                 "--images-per-feature", "1", "--min-frequency", "1e-6", "--max-frequency", "1", "--seed", "5",
+                 "--layers", "1", "--no-progress"]) == 2  # fmt: skip
+    assert "--suite takes the model, SAEs and images from the suite file; drop --layers" in capsys.readouterr().err
+    assert main(["featureset", "build", "--suite", str(root / "suite.toml"), "--per-layer", "2",
+                 "--images-per-feature", "1", "--min-frequency", "1e-6", "--max-frequency", "1", "--seed", "5",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert (
+        json.loads((root / "features.json").read_text())["units"]
+        != json.loads((mini / "features.json").read_text())["units"]
+    )
+    assert main(["run", str(root / "suite.toml"), "--out", str(tmp_path / "b"), *args]) == 0
+    capsys.readouterr()
+    board = str(tmp_path / "board.json")
+    assert main(["compare", str(tmp_path / "b"), "--board", board]) == 2
+    assert "feature set feature_set differs" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "b"), "--board", board, "--rule", "ci"]) in (0, 1)
+    assert main(["compare", str(tmp_path / "a"), "--board", board]) == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("not json", "not valid JSON"), ("{}", "no list of units"), ('{"units": [{"layer": 1}]}', "no list of units")],
+)
+def test_a_file_that_is_no_feature_set_exits_2(mini, tmp_path, capsys, content, message):
+    root = _copy(mini, tmp_path)
+    (root / "features.json").write_text(content)
+    assert main(["run", str(root / "suite.toml"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count("\n") == 0
+
+
+def test_provenance_edits_and_a_dropped_checksum_are_refused(mini, tmp_path):
+    root = _copy(mini, tmp_path)
+    doc = json.loads((root / "features.json").read_text())
+    doc["provenance"]["pretrained_sha256"] = "0" * 64
+    (root / "features.json").write_text(json.dumps(doc))
+    with pytest.raises(ChecksumError, match="does not match its sha256"):
+        load_suite(root / "suite.toml")
+    del doc["sha256"]
+    (root / "features.json").write_text(json.dumps(doc))
+    with pytest.raises(ChecksumError, match="lacks its sha256"):
+        load_suite(root / "suite.toml")
+
+
+def test_model_kwargs_the_factory_refuses_exit_2(mini, tmp_path, capsys):
+    root = _copy(mini, tmp_path)
+    text = (root / "suite.toml").read_text().replace("kwargs = {img_size = 64}", "kwargs = {img_size = 64, foo = 1}")
+    (root / "suite.toml").write_text(text)
+    root_features = json.loads((root / "features.json").read_text())
+    assert root_features["provenance"]["model_kwargs"] == {"img_size": 64}
+    assert main(["run", str(root / "suite.toml"), "--no-progress"]) == 2  # the feature set pins the kwargs
+    assert "model kwargs" in capsys.readouterr().err
+    with pytest.raises(CafeBenchError, match=r"the model kwargs \{'foo': 1\} do not fit its factory"):
+        load_backbone(MODEL, "none", foo=1)
+
+
+def test_pretrained_file_is_found_beside_the_spec(tmp_path):
+    (tmp_path / "weights").write_bytes(b"x")
+    spec = tmp_path / "s.toml"
+    spec.write_text(SPEC.format(sae2="sae2").replace('pretrained = "none"', 'pretrained = "weights"'))
+    assert read_spec(spec).pretrained == tmp_path / "weights"
+    spec.write_text(SPEC.format(sae2="sae2").replace('pretrained = "none"', 'pretrained = "openai"'))
+    assert read_spec(spec).pretrained == "openai"  # a tag, refused later by the factory: nothing is downloaded

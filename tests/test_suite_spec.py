@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cafe_bench.cli import main
-from cafe_bench.errors import SuiteError
+from cafe_bench.errors import CafeBenchError, SuiteError
 from cafe_bench.suites import load_suite
 from cafe_bench.suites.spec import read_spec
 
@@ -97,7 +97,7 @@ def test_unknown_model_library_and_image_source_are_named(tmp_path):
     (tmp_path / "sae1").mkdir()
     (tmp_path / "features.json").write_text("{}")
     (tmp_path / "images").mkdir()
-    with pytest.raises(Exception, match="unknown model name 'torchvision:vit_b_16'; use LIBRARY:MODEL"):
+    with pytest.raises(CafeBenchError, match="unknown model name 'torchvision:vit_b_16'; use LIBRARY:MODEL"):
         load_suite(_spec(tmp_path, VALID.replace("timm:vit_tiny_patch16_224", "torchvision:vit_b_16")))
     with pytest.raises(SuiteError, match="unknown image source 'glob'; valid: folder, list"):
         load_suite(_spec(tmp_path, VALID.replace('source = "folder"', 'source = "glob"')))

@@ -107,10 +107,28 @@ def write_feature_set(path: Path, doc: dict) -> None:
     write_json_atomic(path, doc)
 
 
+STREAM_FORMAT = "cafe_bench.featureset/2"
+"""``format`` of files written by the streaming builder; they must carry a whole-file ``sha256``."""
+
+
 def read_feature_set(path: Path) -> dict:
-    """Read a feature-set file and check its units checksum and, when it has one, its whole-file ``sha256``."""
-    doc = json.loads(Path(path).read_text())
-    actual = units_sha256(doc["units"])
+    """Read a feature-set file and check its units checksum and its whole-file ``sha256`` (required in files of
+    ``STREAM_FORMAT``; the older scene feature sets have none). Raises ChecksumError for an edited file and
+    SuiteError for one that is not a feature set at all."""
+    from cafe_bench.errors import SuiteError
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise SuiteError(
+            f"{path}: not a feature set (not valid JSON); build it with `cafe-bench featureset build`"
+        ) from None
+    units = doc.get("units") if isinstance(doc, dict) else None
+    if not isinstance(units, list) or not all(isinstance(u, dict) and set(UNIT_FIELDS) <= set(u) for u in units):
+        raise SuiteError(f"{path}: not a feature set (no list of units); build it with `cafe-bench featureset build`")
+    if doc.get("format") == STREAM_FORMAT and "sha256" not in doc:
+        raise ChecksumError(f"{path}: feature set lacks its sha256; the file was edited: rebuild it")
+    actual = units_sha256(units)
     if actual != doc.get("units_sha256"):
         raise ChecksumError(
             f"{path}: feature-set units do not match their checksum (got {actual[:12]}…); "

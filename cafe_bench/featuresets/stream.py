@@ -42,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cafe_bench.errors import CafeBenchError
-from cafe_bench.featuresets.builder import feature_set_sha256, units_sha256, write_feature_set
+from cafe_bench.featuresets.builder import STREAM_FORMAT, feature_set_sha256, units_sha256, write_feature_set
 
 __all__ = [
     "FORMAT",
@@ -53,7 +53,7 @@ __all__ = [
     "feature_set_sha256",
 ]
 
-FORMAT = "cafe_bench.featureset/2"
+FORMAT = STREAM_FORMAT
 """The ``format`` field of a feature set written by this builder."""
 CHUNK_CODES = 1 << 22
 """At most this many codes (float32: 16 MiB) are encoded at once; a single image is never split."""
@@ -285,8 +285,10 @@ def feature_set_provenance(model: str, pretrained, saes: Mapping) -> dict:
 
 
 def _image_source(images):
-    from cafe_bench.images import FolderSource, ListSource
+    from cafe_bench.images import FolderSource, ImageSource, ListSource
 
+    if isinstance(images, ImageSource):
+        return images
     path = Path(images).expanduser()
     return ListSource(path) if path.is_file() else FolderSource(path)
 
@@ -308,11 +310,11 @@ def build_from_names(
 
     Args:
         model: ``open_clip:ARCH`` or ``timm:MODEL`` (see :func:`cafe_bench.models.factory.load_backbone`).
-        pretrained: ``"none"`` (random weights, drawn from torch's global generator) or a local checkpoint file.
+        pretrained: ``"none"`` (random weights, drawn with a fixed seed) or a local checkpoint file.
         saes: ``{layer: path}`` of each layer's SAE file or directory (0-based block index).
         sae_format: the SAE file format (default: sniffed from the files).
-        images: an image folder (every image under it, sorted by relative path) or a text file listing images
-            (required).
+        images: an image folder (every image under it, sorted by relative path), a text file listing images, or an
+            :class:`cafe_bench.images.ImageSource` (required).
         rules: the selection rules (default ``SelectionRules()``).
         batch_size: images per forward pass (default 16).
         out: where to write the feature set (default: nowhere, only returned).
@@ -356,3 +358,28 @@ def build_from_names(
     if out is not None:
         write_feature_set(Path(out).expanduser(), doc)
     return doc
+
+
+def build_for_suite(
+    suite_toml,
+    rules: SelectionRules | None = None,
+    batch_size: int = 16,
+    out=None,
+    progress: bool = True,
+    device: str = "cpu",
+) -> dict:
+    """Build the feature set of a TOML suite from its own model, weights, kwargs, SAEs (each with its format) and
+    image source, and write it to ``out`` (default: the suite's ``feature_set.path``)."""
+    from cafe_bench.images import make_image_source
+    from cafe_bench.suites.spec import read_spec
+
+    spec = read_spec(suite_toml)
+    formats = {sae.format for sae in spec.saes.values()}
+    if len(formats) > 1:
+        raise FeatureSetError(f"{spec.source}: SAEs of several formats ({formats}); build per layer with --sae")
+    source = make_image_source(spec.images["source"], **{k: v for k, v in spec.images.items() if k != "source"})
+    return build_from_names(
+        spec.model, spec.pretrained, {layer: sae.path for layer, sae in spec.saes.items()}, sae_format=formats.pop(),
+        images=source, rules=rules, batch_size=batch_size, out=out if out is not None else spec.feature_set,
+        progress=progress, device=device, model_kwargs=spec.model_kwargs,
+    )  # fmt: skip

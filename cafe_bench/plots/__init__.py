@@ -54,7 +54,7 @@ def _load_run_suite(config: dict, records: pd.DataFrame, run_dir: Path):
         suite = load_suite(name)
     except CafeBenchError:
         raise CafeBenchError(
-            f"{run_dir}: the run's suite {name!r} is not built in; pass suite= (a loaded Suite or its directory)"
+            f"{run_dir}: the run's suite {name!r} is not built in; pass its file or directory (--suite / suite=)"
         ) from None
     expected = config.get("suite_files")
     if expected and expected != suite.hashes:
@@ -114,8 +114,15 @@ def plot_run(
         unit = _first_ok_unit(records)
     elif not isinstance(unit, Unit):
         if len(unit) != 4:
-            raise CafeBenchError(f"a unit is LAYER,FEATURE,IMAGE_ID,TOKEN (4 integers), got {unit!r}")
-        unit = Unit(*(int(v) for v in unit))
+            raise CafeBenchError(f"a unit is LAYER,FEATURE,IMAGE_ID,TOKEN, got {unit!r}")
+        layer, feature, image, token = unit
+        try:
+            image = int(image) if isinstance(image, int) or str(image).isdigit() else str(image)
+            unit = Unit(int(layer), int(feature), image, int(token))
+        except ValueError:
+            raise CafeBenchError(
+                f"a unit is LAYER,FEATURE,IMAGE_ID,TOKEN with integer layer, feature and token, got {unit!r}"
+            ) from None
     methods = list(methods) if methods is not None else (config.get("methods") or _methods(records))[:4]
     for method in methods:
         attributor_class(method)  # an unknown name raises here, listing the valid ones

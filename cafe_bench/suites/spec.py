@@ -167,8 +167,10 @@ def read_spec(path) -> SuiteSpec:
         saes[int(layer)] = SAESpec(path, table.get("format"), table.get("provide"))
     model = doc["model"]
     pretrained = model["pretrained"]
-    if pretrained.lower() != "none" and ("/" in pretrained or "$" in pretrained or "." in pretrained):
-        pretrained = resolve(source, pretrained, "model.pretrained")
+    if pretrained.lower() != "none":  # a file (relative to the spec) when it looks like a path or exists; else a tag
+        path = resolve(source, pretrained, "model.pretrained")
+        if path.exists() or any(c in pretrained for c in "/.$~"):
+            pretrained = path
     protocol = dict(doc["protocol"])
     if protocol["steps"] < 1:
         raise _err(source, f"field 'protocol.steps' must be a positive integer, got {protocol['steps']}")

@@ -107,7 +107,7 @@ class SpecSuite(Suite):
 
         doc, where = self.feature_set, f"{self.spec.source}: feature set {self.spec.feature_set}"
         provenance = doc.get("provenance")
-        if not isinstance(provenance, dict) or "images" not in doc:
+        if not isinstance(provenance, dict) or not isinstance(doc.get("images"), dict):
             raise SuiteError(
                 f"{where} records no model, SAE and image hashes; build it with `cafe-bench featureset build`"
             )
