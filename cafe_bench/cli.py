@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run methods x protocols on a suite and print the leaderboard",
         description="Attribute each unit's SAE feature activation to patches with every method, "
         "run insertion/deletion curves, store per-unit records and print mean AUC "
-        "with 95%% clustered bootstrap CIs per method x layer.",
+        "with 95% clustered bootstrap CIs per method x layer.",
     )
     run.add_argument(
         "suite_positional",
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         "leaderboard",
         help="tables of mean AUC with clustered bootstrap CIs from result dirs",
         description="Read one or more result directories (same suite, protocol config, seed and units) and "
-        "print methods x layers x protocols: mean AUC with its 95%% clustered bootstrap CI, the best per column in "
+        "print methods x layers x protocols: mean AUC with its 95% clustered bootstrap CI, the best per column in "
         "bold, methods whose CI overlaps the best's marked † (tied). Methods are ranked on the units every ranked "
         "method finished; a method with failed records is shown with its failure count and not ranked. Columns "
         "n_failed and n_dead (csv) count failed and dead-feature units.",
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser(
         "plot",
         help="figures of a run: curves with CI bands, AUC by layer, one unit's ERF next to its activation map",
-        description="Write PNG and SVG figures of a result directory: mean insertion and deletion curves with 95%% "
+        description="Write PNG and SVG figures of a result directory: mean insertion and deletion curves with 95% "
         "CI bands per method, mean AUC per layer with error bars, and for one unit (default: the first) the image "
         "with its activation map and each method's ERF map.",
     )
