@@ -196,6 +196,27 @@ def build_parser() -> argparse.ArgumentParser:
     sae.add_argument("path", metavar="PATH", help="the SAE's file or directory")
     sae.add_argument("--sae-format", default=None, help="format name (default: sniffed); see the list in --help")
     sae.add_argument("--d-model", type=int, default=None, help="the model's width at the hooked block, to check")
+    sanity = sub.add_parser(
+        "sanity",
+        help="model-randomisation sanity check: do a method's maps change when the model is random?",
+        description="Cascading randomisation (Adebayo et al., 2018): per SAE layer L, redraw the parameters of blocks "
+        "L, L..L-1, ..., L..0, then the embedding too (each tensor from a normal with its own mean and std, seeded), "
+        "attribute the same units, and report the median Spearman correlation with the trained model's maps. A method "
+        "whose |median rho| with every block up to L random exceeds --threshold is flagged; exit 1 when any method "
+        "other than the control `random` (whose maps never depend on the model) is flagged.",
+    )
+    sanity.add_argument("suite", nargs="?", default="tiny", help="suite name, .toml file or directory (default: tiny)")
+    sanity.add_argument(
+        "--methods", type=_csv, default=None, help="comma-separated attributors (default: every built-in)"
+    )
+    sanity.add_argument("--layers", type=_layers, default=None, help="comma-separated SAE layers (default: all)")
+    sanity.add_argument(
+        "--units", type=int, default=8, help="units per layer, the first of the feature set (default: 8)"
+    )
+    sanity.add_argument("--threshold", type=float, default=0.5, help="flag above this |median rho| (default: 0.5)")
+    sanity.add_argument("--seed", type=int, default=0, help="seed of the redrawn parameters (default: 0)")
+    sanity.add_argument("--out", default=None, metavar="FILE", help="also write the rows and flags as JSON")
+    sanity.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sub.add_parser("methods", help="list registered attribution methods with their source")
     sub.add_parser("suites", help="list built-in suites")
     featureset_command.add_parser(sub)
@@ -389,6 +410,34 @@ def _cmd_suites(_args) -> int:
     return 0
 
 
+def _cmd_sanity(args) -> int:
+    from cafe_bench.files import write_json_atomic
+    from cafe_bench.runner import DEFAULT_METHODS
+    from cafe_bench.sanity import cascading_randomisation, check_sanity_args, flags, to_frame
+    from cafe_bench.suites import load_suite
+
+    methods = args.methods or list(DEFAULT_METHODS)
+    check_sanity_args(methods, args.units, args.threshold, args.seed)
+    suite = load_suite(args.suite)
+    rows = cascading_randomisation(suite, methods, args.layers, args.units, args.seed, not args.no_progress)
+    frame = to_frame(rows)
+    table = frame.pivot_table(index=["layer", "method"], columns="randomised_from", values="median_rho", dropna=False)
+    table = table[sorted(table.columns, reverse=True)]
+    table.columns = [f"blocks {c}..L random" if c >= 0 else "and the embedding" for c in table.columns]
+    print(table.reset_index().to_markdown(index=False, floatfmt=".3f"))
+    print("median Spearman rho of each method's maps with the trained model's (nan: every map constant)")
+    flagged = flags(rows, args.threshold)
+    bad = sorted({(layer, m) for layer, per in flagged.items() for m, f in per.items() if f and m != "random"})
+    for layer, method in bad:
+        print(f"FLAG  layer {layer}: {method}'s maps barely change with blocks 0..{layer} random", file=sys.stderr)
+    if "random" in methods and not all(per.get("random") for per in flagged.values()):
+        print("cafe-bench: warning: the control `random` was not flagged; the check is not working", file=sys.stderr)
+    if args.out:
+        doc = {"suite": suite.name, "threshold": args.threshold, "seed": args.seed, "n_units": args.units}
+        write_json_atomic(args.out, {**doc, "rows": frame.to_dict("records"), "flags": flagged})
+    return 1 if bad else 0
+
+
 def main(argv=None) -> int:
     """Entry point of ``cafe-bench``; returns the exit code."""
     parser = build_parser()
@@ -408,6 +457,7 @@ def main(argv=None) -> int:
         "sae": _cmd_sae,
         "suites": _cmd_suites,
         "featureset": featureset_command.main,
+        "sanity": _cmd_sanity,
     }
     try:
         with warnings.catch_warnings():

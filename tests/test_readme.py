@@ -45,5 +45,5 @@ def test_readme_generated_sections_are_current():
     spec.loader.exec_module(module)
     names = re.findall(r"<!-- begin generated: (\w+)", README)
     assert set(names) == set(module.SECTIONS) and len(names) == len(set(names))
-    assert {"board", "photos_board", "photos_finding", "img_focus", "featureset_memory"} <= set(names)
+    assert {"board", "photos_board", "photos_finding", "img_focus", "featureset_memory", "sanity"} <= set(names)
     assert module.render(README) == README, "README is out of date: run python scripts/update_readme.py"
