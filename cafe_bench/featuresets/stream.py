@@ -32,7 +32,6 @@ Units are listed by layer, then feature, then image position in the source, all 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -330,7 +329,7 @@ def build_from_names(
     from cafe_bench.models.factory import load_backbone
     from cafe_bench.runner import _resolve_device
     from cafe_bench.sae import load_sae
-    from cafe_bench.sae.loading import check_width
+    from cafe_bench.sae.loading import check_sae_at_block
 
     if not saes:
         raise FeatureSetError("no SAE given: pass {layer: path} for at least one layer")
@@ -346,11 +345,7 @@ def build_from_names(
     for layer, sae in loaded.items():
         if not 0 <= layer < backbone.n_blocks:
             raise FeatureSetError(f"layer {layer} out of range; {model} has blocks 0..{backbone.n_blocks - 1}")
-        check_width(sae, backbone.width, paths[layer], layer)
-        hooked = getattr(getattr(sae, "hook", None), "layer", None)
-        if hooked is not None and hooked != layer:
-            message = f"{paths[layer]}: the SAE was trained after block {hooked}, used here at block {layer}"
-            warnings.warn(message, stacklevel=2)
+        check_sae_at_block(sae, backbone.width, paths[layer], layer)
         sae.to(device).eval()
     provenance = feature_set_provenance(model, pretrained, {layer: (paths[layer], loaded[layer]) for layer in loaded})
     provenance["model_kwargs"] = dict(model_kwargs or {})

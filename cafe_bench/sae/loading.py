@@ -130,3 +130,17 @@ def check_width(sae, d_model: int, path, layer: int | None = None) -> None:
             f"{path}: SAE d_in {sae.d_in} does not match the model's width {d_model}{where}; "
             "this SAE was trained on another model or hook"
         )
+
+
+def check_sae_at_block(sae, d_model: int, path, layer: int) -> None:
+    """:func:`check_width`, then a warning when the SAE's files name another block than ``layer`` (its hook)."""
+    import warnings
+
+    check_width(sae, d_model, path, layer)
+    hooked = sae.hook.layer
+    if hooked is not None and int(hooked) != int(layer):
+        warnings.warn(
+            f"{path}: the SAE file says it was trained after block {hooked}, used here at block {layer} "
+            f"(hook {sae.hook.name})",
+            stacklevel=3,
+        )

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+from cafe_bench.cache import file_sha256
 from cafe_bench.errors import ChecksumError, SuiteError
 
 REQUIRED = {
@@ -74,15 +74,6 @@ def read_manifest(path: Path) -> dict:
     if unlisted:
         raise SuiteError(f"{path}: {unlisted[0]} is used by the suite but not listed (with its SHA-256) in 'files'")
     return doc
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_file(path: Path, expected: str) -> None:

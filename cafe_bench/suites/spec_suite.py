@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from pathlib import Path
 
 from cafe_bench.errors import CafeBenchError, ChecksumError, SuiteError
@@ -65,17 +64,11 @@ class SpecSuite(Suite):
 
     def _load_sae(self, layer: int):
         from cafe_bench.sae import load_sae
-        from cafe_bench.sae.loading import check_width
+        from cafe_bench.sae.loading import check_sae_at_block
 
         spec = self.spec.saes[layer]
         sae = load_sae(spec.path, spec.format)
-        check_width(sae, self.backbone.width, spec.path, layer)
-        if sae.hook.layer is not None and int(sae.hook.layer) != int(layer):
-            warnings.warn(
-                f"{spec.path}: the SAE file says it was trained at block {sae.hook.layer} ({sae.hook.name}), "
-                f"the suite uses it at block {layer}",
-                stacklevel=2,
-            )
+        check_sae_at_block(sae, self.backbone.width, spec.path, layer)
         return sae
 
     def _model_sha256(self) -> str | None:
