@@ -79,3 +79,32 @@ def collect(device: str) -> dict:
         "torch_threads": torch.get_num_threads(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+
+
+def machine_facts(libraries=()) -> dict:
+    """:func:`collect` for the CPU plus what a benchmark record needs to be read: CPU model and count, usable CPUs,
+    total memory (MiB) and the load average when called; the versions of ``libraries`` too."""
+    import os
+
+    facts = collect("cpu")
+    cpu_model = mem_total = None
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu_model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), None)
+        with open("/proc/meminfo") as fh:
+            mem_total = next((int(line.split()[1]) * 1024 for line in fh if line.startswith("MemTotal")), None)
+    except OSError:
+        pass
+    facts.update(
+        cpu_model=cpu_model or platform.processor() or None,
+        cpu_count=os.cpu_count(),
+        cpus_usable=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        memory_total_mib=None if mem_total is None else mem_total / 2**20,
+        load_average_1_5_15_at_start=[round(v, 2) for v in os.getloadavg()],
+    )
+    for name in libraries:
+        try:
+            facts["libraries"][name] = version(name)
+        except PackageNotFoundError:
+            facts["libraries"][name] = None
+    return facts

