@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import cached_property
 from pathlib import Path
 
 from cafe_bench.errors import CafeBenchError, ChecksumError, SuiteError
@@ -71,33 +72,34 @@ class SpecSuite(Suite):
         check_sae_at_block(sae, self.backbone.width, spec.path, layer)
         return sae
 
-    def _model_sha256(self) -> str | None:
-        """SHA-256 of the model's weights file; None for random weights."""
+    @cached_property
+    def _sha256s(self) -> dict:
+        """SHA-256 of the model's weights file (None for random weights), of each SAE's files, of the feature set
+        and of each image the feature set uses; computed once, when the suite is loaded."""
         from cafe_bench.cache import path_sha256
         from cafe_bench.models.factory import pretrained_file
 
         weights = pretrained_file(self.spec.model, self.spec.pretrained)
-        return None if weights is None else path_sha256(weights)
-
-    def _used_images(self) -> list:
-        return list(dict.fromkeys(u["image_id"] for u in self.feature_set["units"]))
+        used = list(dict.fromkeys(u["image_id"] for u in self.feature_set["units"]))
+        return {
+            "model": None if weights is None else path_sha256(weights),
+            "saes": {layer: path_sha256(self.spec.saes[layer].path) for layer in self.layers},
+            "feature_set": path_sha256(self.spec.feature_set),
+            "images": self.image_source.hashes(used),
+        }
 
     @property
     def hashes(self) -> dict:
-        from cafe_bench.cache import path_sha256
-
-        image_hashes = self.image_source.hashes(self._used_images())
+        sha = self._sha256s
         return {
-            "model": self._model_sha256() or "random weights (seed 0)",
-            **{f"sae_{layer}": path_sha256(self.spec.saes[layer].path) for layer in self.layers},
-            "feature_set": path_sha256(self.spec.feature_set),
-            "images": hashlib.sha256(json.dumps(image_hashes, sort_keys=True).encode()).hexdigest(),
+            "model": sha["model"] or "random weights (seed 0)",
+            **{f"sae_{layer}": digest for layer, digest in sha["saes"].items()},
+            "feature_set": sha["feature_set"],
+            "images": hashlib.sha256(json.dumps(sha["images"], sort_keys=True).encode()).hexdigest(),
         }
 
     def _check_feature_set(self) -> None:
         """Refuse a feature set built on another model, other SAEs or other images (by SHA-256)."""
-        from cafe_bench.cache import path_sha256
-
         doc, where = self.feature_set, f"{self.spec.source}: feature set {self.spec.feature_set}"
         provenance = doc.get("provenance")
         if not isinstance(provenance, dict) or not isinstance(doc.get("images"), dict):
@@ -116,15 +118,14 @@ class SpecSuite(Suite):
                 f"{where} was built with model kwargs {provenance.get('model_kwargs')}, the suite uses "
                 f"{self.spec.model_kwargs}"
             )
-        if provenance.get("pretrained_sha256") != self._model_sha256():
+        if provenance.get("pretrained_sha256") != self._sha256s["model"]:
             raise ChecksumError(f"{where} was built on other weights of {self.spec.model} (SHA-256 differs)")
         recorded = provenance.get("saes", {})
         for layer in sorted({int(u["layer"]) for u in doc["units"]}):
             entry = recorded.get(str(layer), {})
-            if entry.get("sha256") != path_sha256(self.spec.saes[layer].path):
+            if entry.get("sha256") != self._sha256s["saes"][layer]:
                 raise ChecksumError(f"{where} was built on another layer-{layer} SAE (SHA-256 differs)")
         want = doc["images"].get("hashes", {})
-        have = self.image_source.hashes(self._used_images())
-        for image_id, digest in have.items():
+        for image_id, digest in self._sha256s["images"].items():
             if want.get(image_id) != digest:
                 raise ChecksumError(f"{where} was built on another image {image_id!r} (SHA-256 differs or absent)")
