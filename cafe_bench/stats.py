@@ -204,3 +204,37 @@ def holm(p_values) -> np.ndarray:
     adjusted = np.empty(m)
     adjusted[order] = np.maximum.accumulate(scaled)
     return adjusted.reshape(shape)
+
+
+def clustered_bootstrap_means(columns, clusters, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """(n_resamples, k) bootstrap means of k aligned per-unit value columns ((n, k) array), every column under the
+    same two-stage draws of :func:`clustered_bootstrap_ci` (same seed): for statistics of several means of the
+    same units, such as ratios."""
+    columns = np.asarray(columns, dtype=np.float64)
+    if columns.ndim != 2 or len(columns) < 1:
+        raise ValueError(f"columns must be an (n >= 1, k) array, got shape {columns.shape}")
+    out = np.empty((int(n_resamples), columns.shape[1]))
+    for j in range(columns.shape[1]):
+        sorted_values, starts, sizes = _grouped(columns[:, j], clusters)
+        out[:, j] = _two_stage_means(sorted_values, starts, sizes, int(n_resamples), seed)
+    return out
+
+
+def normalised_ci(
+    method_values, random_values, oracle_values, clusters, n_resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """(mean(method) - mean(random)) / (mean(oracle) - mean(random)) over the same units, with a percentile CI
+    from the clustered bootstrap (the three means resampled together); NaN where the denominator is 0."""
+    columns = np.column_stack([method_values, random_values, oracle_values]).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m, r, o = columns.mean(0)
+        estimate = float((m - r) / (o - r))
+        if len(columns) < 2:
+            return estimate, float("nan"), float("nan")
+        reps = clustered_bootstrap_means(columns, clusters, n_resamples, seed)
+        ratios = (reps[:, 0] - reps[:, 1]) / (reps[:, 2] - reps[:, 1])
+    ratios = ratios[np.isfinite(ratios)]
+    if not len(ratios):
+        return estimate, float("nan"), float("nan")
+    low, high = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
+    return estimate, float(low), float(high)

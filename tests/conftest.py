@@ -47,3 +47,35 @@ def dead_unit(suite):
 def _deterministic_threads():
     torch.manual_seed(0)
     yield
+
+
+class AdditiveTarget:
+    """A stand-in Target whose z_k is a known weighted pixel sum, z = sum(w * image), per unit: every game on it is
+    additive, so Shapley values, occlusion effects and the greedy oracle have closed forms."""
+
+    def __init__(self, weights_bhw, images, baseline, grid=(2, 2), patch_size=2):
+        self.weights = torch.as_tensor(weights_bhw, dtype=torch.float64)
+        self.images = torch.as_tensor(images, dtype=torch.float64)
+        self.baseline = torch.as_tensor(baseline, dtype=torch.float64)
+        self.grid, self.patch_size, self.baseline_name = tuple(grid), patch_size, None
+        self.device = self.images.device
+        self.clean = self.forward(self.images)
+
+    @property
+    def n_patches(self):
+        return self.grid[0] * self.grid[1]
+
+    def __len__(self):
+        return len(self.images)
+
+    def activations(self, images, unit_idx):
+        return (images.double().sum(1) * self.weights[unit_idx]).sum(dim=(1, 2)).float()
+
+    def forward(self, images):
+        return self.activations(images, torch.arange(len(images)))
+
+
+@pytest.fixture
+def additive_target():
+    """Factory: AdditiveTarget(weights (B, H, W), images (B, 3, H, W), baseline (B, 3, H, W), grid, patch_size)."""
+    return AdditiveTarget

@@ -47,3 +47,30 @@ def test_bootstrap_ci_widens_with_between_cluster_spread():
     _, lo_t, hi_t = clustered_bootstrap_ci(tight, clusters, n_resamples=400)
     _, lo_s, hi_s = clustered_bootstrap_ci(spread, clusters, n_resamples=400)
     assert hi_s - lo_s > 3 * (hi_t - lo_t)
+
+
+def test_bootstrap_means_of_aligned_columns_share_their_draws():
+    from cafe_bench.stats import clustered_bootstrap_means
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=40)
+    clusters = np.repeat(np.arange(10), 4)
+    reps = clustered_bootstrap_means(np.column_stack([a, a + 1.0, 2 * a, np.full(40, 7.0)]), clusters, 200, seed=4)
+    np.testing.assert_allclose(reps[:, 1] - reps[:, 0], 1.0)
+    np.testing.assert_allclose(reps[:, 2], 2 * reps[:, 0])
+    np.testing.assert_allclose(reps[:, 3], 7.0)
+    assert reps[:, 0].std() > 0.05  # the draws do resample
+
+
+def test_normalised_ci_is_a_ratio_of_means_with_a_covering_interval():
+    from cafe_bench.stats import normalised_ci
+
+    rng = np.random.default_rng(5)
+    clusters = np.repeat(np.arange(12), 3)
+    random_ = rng.normal(0.5, 0.05, 36)
+    oracle = random_ + 0.4 + rng.normal(0, 0.02, 36)
+    method = random_ + 0.1 + rng.normal(0, 0.02, 36)
+    est, low, high = normalised_ci(method, random_, oracle, clusters, n_resamples=500)
+    expected = (method.mean() - random_.mean()) / (oracle.mean() - random_.mean())
+    assert est == pytest.approx(expected)
+    assert low < est < high and 0.15 < low and high < 0.35
