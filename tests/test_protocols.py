@@ -82,7 +82,7 @@ def test_baselines_are_a_registry():
         from cafe_bench.protocols import baselines
 
         del baselines._BASELINES["half_test"]
-    with pytest.raises(UnknownNameError, match="valid: blur, mean, zero"):
+    with pytest.raises(UnknownNameError, match="valid: blur, mean, road, zero"):
         make_baseline("gray", images)
 
 

@@ -6,7 +6,7 @@ image, registered by name. ``options`` are the suite's protocol settings (e.g. `
 takes those it needs and ignores the rest.
 
 A removed patch shows the baseline image there. A baseline whose fill depends on *which* patches are removed
-(ROAD's noisy linear imputation, say) registers an ``impute`` function as well,
+(``road``, ROAD's noisy linear imputation, :mod:`cafe_bench.protocols.road`) registers an ``impute`` function as well,
 ``(images_n3hw, removed_n1hw, baseline_n3hw) -> perturbed images``; the curve engine calls it for every
 perturbed image, so such a baseline needs no change to the engine.
 """
@@ -50,7 +50,8 @@ def imputer(name: str | None) -> Callable:
 
 
 def list_baselines() -> list[str]:
-    """Names of the registered baselines (``blur`` is the default of the built-in suites)."""
+    """Names of the registered baselines: ``blur`` (the default of the built-in suites), ``mean``, ``road`` (noisy
+    linear imputation of the removed patches), ``zero``, and any registered since."""
     return sorted(_BASELINES)
 
 
@@ -89,3 +90,6 @@ def mean_colour(images_b3hw: torch.Tensor, **_) -> torch.Tensor:
 def zero(images_b3hw: torch.Tensor, **_) -> torch.Tensor:
     """Black."""
     return torch.zeros_like(images_b3hw)
+
+
+from cafe_bench.protocols import road as _road  # noqa: E402, F401  (registers ``road``; imports register_baseline)
