@@ -164,7 +164,7 @@ def failure_summary(records) -> list[str]:
 
 
 def run(
-    suite="tiny",
+    suite=None,
     methods=None,
     protocols=None,
     layers=None,
@@ -183,13 +183,13 @@ def run(
     """Run methods x protocols on every unit of a suite and return the records as a pandas DataFrame.
 
     Args:
-        suite: a built-in suite name or a loaded ``Suite`` (default ``"tiny"``).
+        suite: a built-in suite name, a suite file or directory, or a loaded ``Suite`` (default ``relations``).
         methods: attributor names (default: every built-in, see ``DEFAULT_METHODS``).
         protocols: registered protocol names (default ``insertion`` and ``deletion``; also ``insertion_lerf``,
             ``deletion_lerf``).
         layers: SAE layers to run (default all of the suite's).
-        baseline: a registered baseline, ``blur`` (suite default), ``mean`` or ``zero``.
-        steps: curve steps S in 1..P (default: the suite's, 16 for tiny).
+        baseline: a registered baseline: ``blur``, ``mean``, ``zero`` or ``road`` (default: the suite's).
+        steps: curve steps S in 1..P (default: the suite's, 32 for relations, 16 for tiny).
         seed: run seed; per-unit seeds derive from it (default 0).
         device: ``cpu`` (default), ``cuda`` or ``auto``.
         out: directory for ``results.jsonl``, ``scores.npz`` and ``run.json``; None keeps results in memory only.
@@ -205,8 +205,9 @@ def run(
     import pandas as pd
 
     from cafe_bench.provenance import collect
-    from cafe_bench.suites import Suite, load_suite
+    from cafe_bench.suites import DEFAULT_SUITE, Suite, load_suite
 
+    suite = DEFAULT_SUITE if suite is None else suite
     if isinstance(suite, Suite):
         device = str(suite.device)  # a loaded suite runs where it lives
     else:

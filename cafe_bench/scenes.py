@@ -27,7 +27,18 @@ LABEL_NAMES = (
     "same_shape_pair",
     "same_colour_pair",
 )
-"""Task heads: presence of each shape and colour, and two relational heads that need two objects."""
+"""Task heads of the ``presence`` task (``tiny``): presence of each shape and colour, and two relational heads
+that need two objects."""
+RELATION_LABEL_NAMES = (
+    *LABEL_NAMES,
+    "same_shape_and_colour_pair",
+    "red_left_of_blue",
+    "at_least_four_objects",
+)
+"""Task heads of the ``relations`` task: the ``presence`` heads plus heads whose answer needs distant objects
+together (a pair alike in shape and colour, a red object left of a blue one, the object count)."""
+TASKS = {"presence": LABEL_NAMES, "relations": RELATION_LABEL_NAMES}
+"""Task name -> its label names, in the order of the model's outputs."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,12 @@ class SceneConfig:
     """Smallest object half-size in pixels."""
     max_radius: int = 10
     """Largest object half-size in pixels."""
+    task: str = "presence"
+    """Labels drawn with each scene: a key of TASKS (``presence`` for ``tiny``, ``relations``)."""
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"unknown scene task {self.task!r}; valid: {', '.join(TASKS)}")
 
 
 @dataclass(frozen=True)
@@ -134,17 +151,23 @@ def make_scene(seed: int, image_id: int, config: SceneConfig = SceneConfig()) ->
         image=np.clip(image, 0.0, 1.0),
         masks=np.stack(masks) if masks else np.zeros((0, size, size), dtype=bool),
         objects=tuple(objects),
-        labels=scene_labels(objects),
+        labels=scene_labels(objects, config.task),
     )
 
 
-def scene_labels(objects) -> np.ndarray:
-    """Targets of the task for a list of object dicts (see LABEL_NAMES)."""
+def scene_labels(objects, task: str = "presence") -> np.ndarray:
+    """Targets of ``task`` (default ``presence``) for a list of object dicts, in the order of TASKS[task]."""
     shapes = [o["shape"] for o in objects]
     colours = [o["colour"] for o in objects]
     labels = [float(s in shapes) for s in SHAPES] + [float(c in colours) for c in COLOURS]
     labels.append(float(len(set(shapes)) < len(shapes)))
     labels.append(float(len(set(colours)) < len(colours)))
+    if task == "relations":
+        kinds = [(o["shape"], o["colour"]) for o in objects]
+        xs = {c: [o["centre"][1] for o in objects if o["colour"] == c] for c in ("red", "blue")}
+        labels.append(float(len(set(kinds)) < len(kinds)))
+        labels.append(float(bool(xs["red"]) and bool(xs["blue"]) and min(xs["red"]) < max(xs["blue"])))
+        labels.append(float(len(objects) >= 4))
     return np.asarray(labels, dtype=np.float32)
 
 

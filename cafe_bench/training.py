@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cafe_bench.scenes import LABEL_NAMES, SceneConfig, make_scene
+from cafe_bench.scenes import TASKS, SceneConfig, make_scene
 
 
 @dataclass(frozen=True)
@@ -45,24 +45,34 @@ def _logits(backbone, images):
 
 
 @torch.no_grad()
-def evaluate(backbone, images, labels, batch_size: int = 500) -> dict:
-    """Per-head and mean accuracy of thresholded logits, and the majority-class accuracy to beat."""
+def evaluate(backbone, images, labels, batch_size: int = 500, task: str = "presence") -> dict:
+    """Per-head and mean accuracy of thresholded logits of ``task`` (default ``presence``), and the
+    majority-class accuracy to beat."""
     backbone.eval()
     preds = torch.cat([_logits(backbone, images[i : i + batch_size]) > 0 for i in range(0, len(images), batch_size)])
     per_head = (preds == (labels > 0.5)).float().mean(0)
     rate = (labels > 0.5).float().mean(0)  # accuracy of always guessing the majority class, per head
     return {
         "mean_accuracy": round(float(per_head.mean()), 4),
-        "per_head": {n: round(float(a), 4) for n, a in zip(LABEL_NAMES, per_head, strict=True)},
+        "per_head": {n: round(float(a), 4) for n, a in zip(TASKS[task], per_head, strict=True)},
         "majority_class_accuracy": round(float(torch.maximum(rate, 1 - rate).mean()), 4),
     }
 
 
-def train_vit(backbone, config: ViTTrainConfig, train_seed: int, val_seed: int, progress: bool = True) -> dict:
-    """Train ``backbone`` (an OpenClipBackbone with output_dim = len(LABEL_NAMES)) in place; return metrics."""
+def train_vit(
+    backbone,
+    config: ViTTrainConfig,
+    train_seed: int,
+    val_seed: int,
+    progress: bool = True,
+    scene_config: SceneConfig = SceneConfig(),
+) -> dict:
+    """Train ``backbone`` (an OpenClipBackbone with output_dim = the number of labels of ``scene_config.task``)
+    in place on scenes drawn with ``scene_config`` (default: the ``tiny`` scenes); return metrics."""
     torch.manual_seed(train_seed)
-    images, labels = scene_batch(train_seed, range(config.n_train))
-    val_images, val_labels = scene_batch(val_seed, range(config.n_val))
+    images, labels = scene_batch(train_seed, range(config.n_train), scene_config)
+    val_images, val_labels = scene_batch(val_seed, range(config.n_val), scene_config)
+    task = scene_config.task
     params = backbone.visual.parameters()
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = config.n_train // config.batch_size
@@ -86,11 +96,11 @@ def train_vit(backbone, config: ViTTrainConfig, train_seed: int, val_seed: int, 
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if progress:
-            bar.write(f"epoch val {evaluate(backbone, val_images, val_labels)['mean_accuracy']}")
+            bar.write(f"epoch val {evaluate(backbone, val_images, val_labels, task=task)['mean_accuracy']}")
     bar.close()
     backbone.eval()
     return {
-        **evaluate(backbone, val_images, val_labels),
+        **evaluate(backbone, val_images, val_labels, task=task),
         "config": asdict(config),
         "train_seed": train_seed,
         "val_seed": val_seed,

@@ -34,8 +34,8 @@ def _units(suite, n_units: int):
     return units[:n_units]
 
 
-def validate_attributor(name: str, suite="tiny", n_units: int = 6, seed: int = 0) -> list[Check]:
-    """Run the contract checks on ``n_units`` units of ``suite`` (default tiny, 6 units, seed 0).
+def validate_attributor(name: str, suite="relations", n_units: int = 6, seed: int = 0) -> list[Check]:
+    """Run the contract checks on ``n_units`` units of ``suite`` (default relations, 6 units, seed 0).
 
     Checks: output shape and dtype, finiteness, bit-identical scores under the same seed, a unit's scores
     independent of its batch, no global state left behind (the reference method's scores and the torch and

@@ -88,7 +88,7 @@ def test_a_rerun_with_one_thread_passes(tmp_path, capsys):
     """Another thread count and ``--device auto`` (on this CPU-only machine it resolves to cpu)."""
     out = tmp_path / "threads1"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "cafe_bench.cli", "run", "--methods", ",".join(FAST_METHODS), "--out", str(out)]
+    cmd = [sys.executable, "-m", "cafe_bench.cli", "run", "tiny", "--methods", ",".join(FAST_METHODS), "--out", str(out)]
     cmd += ["--device", "auto"]
     done = subprocess.run([*cmd, "--no-progress"], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
@@ -345,7 +345,7 @@ def test_a_real_raising_method_fails_run_and_gate_and_its_fix_passes(tmp_path, c
     from cafe_bench.attributors.gradient import GradientAttributor
 
     out = tmp_path / "run"
-    argv = ["run", "--methods", "activation,gradient", "--out", str(out), "--no-progress"]
+    argv = ["run", "tiny", "--methods", "activation,gradient", "--out", str(out), "--no-progress"]
     monkeypatch.setattr(GradientAttributor, "attribute", lambda self, t: 1 / 0)
     assert main(argv) == 1  # every other method's records are written first
     capsys.readouterr()

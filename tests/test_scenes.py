@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from cafe_bench.scenes import LABEL_NAMES, SceneConfig, make_images, make_scene, scene_labels
 
@@ -62,3 +63,37 @@ def test_labels_of_a_hand_made_scene():
     assert labels["has_circle"] == 1 and labels["has_cross"] == 1 and labels["has_square"] == 0
     assert labels["has_red"] == 1 and labels["has_yellow"] == 0
     assert labels["same_shape_pair"] == 1 and labels["same_colour_pair"] == 0
+
+
+def test_relation_labels_of_hand_made_scenes():
+    from cafe_bench.scenes import RELATION_LABEL_NAMES
+
+    def labels(objects):
+        return dict(zip(RELATION_LABEL_NAMES, scene_labels(objects, "relations"), strict=True))
+
+    red_left = [
+        {"shape": "circle", "colour": "red", "centre": (10.0, 5.0)},
+        {"shape": "circle", "colour": "red", "centre": (30.0, 40.0)},
+        {"shape": "square", "colour": "blue", "centre": (20.0, 20.0)},
+    ]
+    got = labels(red_left)
+    assert got["same_shape_and_colour_pair"] == 1 and got["red_left_of_blue"] == 1
+    assert got["at_least_four_objects"] == 0 and got["has_square"] == 1
+    red_right = [{**o, "centre": (o["centre"][0], 60.0)} if o["colour"] == "red" else o for o in red_left]
+    red_right[1] = {**red_right[1], "shape": "cross"}
+    got = labels(red_right + [{"shape": "cross", "colour": "green", "centre": (1.0, 1.0)}])
+    assert got["red_left_of_blue"] == 0 and got["same_shape_and_colour_pair"] == 0
+    assert got["at_least_four_objects"] == 1 and got["same_shape_pair"] == 1
+
+
+def test_scene_config_refuses_an_unknown_task():
+    with pytest.raises(ValueError, match="valid: presence, relations"):
+        SceneConfig(task="counting")
+
+
+def test_the_presence_task_is_what_tiny_was_trained_on():
+    scene = make_scene(0, 7)
+    assert scene.labels.shape == (len(LABEL_NAMES),)
+    relations = make_scene(0, 7, SceneConfig(task="relations"))
+    np.testing.assert_array_equal(relations.image, scene.image)
+    np.testing.assert_array_equal(relations.labels[: len(LABEL_NAMES)], scene.labels)

@@ -51,7 +51,7 @@ def test_changed_feature_set_fails_even_with_a_matching_manifest(suite, tmp_path
 
 
 def test_unknown_suite_names_the_valid_ones():
-    with pytest.raises(UnknownNameError, match="valid: photos, tiny"):
+    with pytest.raises(UnknownNameError, match="valid: photos, relations, tiny"):
         load_suite("tinyy")
 
 

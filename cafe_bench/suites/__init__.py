@@ -22,8 +22,14 @@ from cafe_bench.scenes import SceneConfig
 from cafe_bench.suites.manifest import read_manifest, verify_file
 from cafe_bench.target import Target, Unit
 
-BUILTIN_SUITES = {"tiny": Path(__file__).parent / "tiny", "photos": Path(__file__).parent / "photos"}
+BUILTIN_SUITES = {
+    "relations": Path(__file__).parent / "relations",
+    "tiny": Path(__file__).parent / "tiny",
+    "photos": Path(__file__).parent / "photos",
+}
 """Built-in suite name -> directory."""
+DEFAULT_SUITE = "relations"
+"""The suite ``run``, ``sanity`` and ``validate-attributor`` use when none is named."""
 
 
 def list_suites() -> list[str]:
@@ -100,6 +106,16 @@ class Suite:
     def hashes(self) -> dict:
         """SHA-256 of everything the suite's numbers depend on (weights, SAEs, feature set, images)."""
         raise NotImplementedError
+
+    @property
+    def reference(self) -> dict | None:
+        """The frozen reference of the suite's units (:mod:`cafe_bench.reference`), or None when it has none."""
+        return None
+
+    def players(self, image_id):
+        """(n + 1, H, W) bool object masks and background of image ``image_id``, or None when the suite's images
+        have no object masks (only procedural scenes have)."""
+        return None
 
     @cached_property
     def backbone(self):
@@ -203,6 +219,20 @@ class ManifestSuite(Suite):
     def n_features(self, layer: int) -> int:
         return int(self.manifest["saes"][str(layer)]["d_sae"])
 
+    @cached_property
+    def reference(self) -> dict | None:
+        from cafe_bench.reference import read_reference
+
+        name = self.manifest.get("reference")
+        return None if name is None else read_reference(self.path / name)
+
+    def players(self, image_id):
+        from cafe_bench.scenes import make_scene
+        from cafe_bench.shapley import player_masks
+
+        scenes = self.manifest["scenes"]
+        return player_masks(make_scene(scenes["seed"], int(image_id), SceneConfig(**scenes["config"])).masks)
+
     def _image_source(self):
         from cafe_bench.images import ScenesSource
 
@@ -212,7 +242,7 @@ class ManifestSuite(Suite):
         return ScenesSource(scenes["seed"], n_images, SceneConfig(**scenes["config"]))
 
 
-def load_suite(name_or_path: str | Path = "tiny", device: str = "cpu") -> Suite:
+def load_suite(name_or_path: str | Path = DEFAULT_SUITE, device: str = "cpu") -> Suite:
     """Load a built-in suite by name, a suite TOML file, or a suite directory (``suite.toml`` or ``suite.json``),
     checking every field and file before any work.
 

@@ -62,6 +62,10 @@ def read_manifest(path: Path) -> dict:
     _check_choice(path, model["library"], MODEL_FIELDS, "model.library")
     _check_fields(path, model, MODEL_FIELDS[model["library"]], "model.")
     used = [doc["feature_set"], model["weights"]]
+    if "reference" in doc:
+        if not isinstance(doc["reference"], str):
+            raise SuiteError(f"{path}: field 'reference' has the wrong type ({type(doc['reference']).__name__})")
+        used.append(doc["reference"])
     for layer, spec in doc["saes"].items():
         where = f"saes.{layer}."
         if not str(layer).isdigit() or not isinstance(spec, dict):
