@@ -8,6 +8,7 @@ import warnings
 
 from cafe_bench.errors import CafeBenchError
 from cafe_bench.featuresets import command as featureset_command
+from cafe_bench.suites import DEFAULT_SUITE
 
 
 def _csv(value: str) -> list[str]:
@@ -53,10 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         default=None,
         metavar="SUITE",
-        help="built-in suite name (tiny, photos), a suite .toml file or a suite directory (default: tiny); "
+        help="built-in suite name (relations, tiny, photos), a suite .toml file or a suite directory (default: "
+        "relations); "
         "the same as --suite",
     )
-    run.add_argument("--suite", default=None, help="the same as SUITE (default: tiny)")
+    run.add_argument("--suite", default=None, help="the same as SUITE (default: relations)")
     run.add_argument(
         "--methods",
         type=_csv,
@@ -77,9 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(validated; recorded; part of what `compare` checks)",
     )
     run.add_argument("--layers", type=_layers, default=None, help="comma-separated SAE layers (default: all)")
-    run.add_argument("--baseline", default=None, help="blur (default), mean or zero")
     run.add_argument(
-        "--steps", type=int, default=None, help="curve steps S in 1..P patches (default: the suite's, 16 for tiny)"
+        "--baseline",
+        default=None,
+        help="the suite's (default), blur, mean, zero or road (noisy linear imputation, ROAD)",
+    )
+    run.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="curve steps S in 1..P patches (default: the suite's, 32 for relations, 16 for tiny)",
     )
     run.add_argument("--seed", type=int, default=0, help="run seed (default: 0)")
     run.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
@@ -96,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "behind, and its time per unit.",
     )
     val.add_argument("name", help="registered method name (see `cafe-bench methods`)")
-    val.add_argument("--suite", default="tiny", help="suite to validate on (default: tiny)")
+    val.add_argument("--suite", default=DEFAULT_SUITE, help=f"suite to validate on (default: {DEFAULT_SUITE})")
     val.add_argument("--units", type=int, default=6, help="units to run (default: 6)")
     board = sub.add_parser(
         "leaderboard",
@@ -120,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="STEM",
         help="also write STEM.json (the board with every unit's AUC, for `compare`) and STEM.md",
+    )
+    board.add_argument(
+        "--stratify",
+        default=None,
+        help="locality: one board for local and one for non-local units (needs `cafe-bench validity DIR` first)",
     )
     board.add_argument(
         "--allow-mixed",
@@ -164,10 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
     agree = sub.add_parser(
         "baselines",
         help="Kendall tau between method rankings under different baselines",
-        description="Given runs that differ only in --baseline (blur, mean, zero), print the "
-        "Kendall tau between their method rankings for each pair and protocol.",
+        description="Given runs that differ only in --baseline (blur, mean, zero, road), print the Kendall tau "
+        "between their method rankings for each pair and protocol. With --suite and --out, first run the suite once "
+        "per baseline into OUT/BASELINE (resuming what is there), then compare those runs.",
     )
-    agree.add_argument("dirs", nargs="+", metavar="DIR", help="one run directory per baseline")
+    agree.add_argument("dirs", nargs="*", metavar="DIR", help="one run directory per baseline")
+    agree.add_argument("--suite", default=None, help="run this suite once per baseline first (needs --out)")
+    agree.add_argument("--out", default=None, help="with --suite: where the runs go, one directory per baseline")
+    agree.add_argument(
+        "--baselines", type=_csv, default=None, help="with --suite: baselines to run (default: blur,mean,zero,road)"
+    )
+    agree.add_argument("--methods", type=_csv, default=None, help="with --suite: attributors (default: every built-in)")
+    agree.add_argument("--layers", type=_layers, default=None, help="with --suite: SAE layers (default: all)")
+    agree.add_argument(
+        "--units-per-layer", type=int, default=None, help="with --suite: the first N units of each layer (default: all)"
+    )
+    agree.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     plot = sub.add_parser(
         "plot",
         help="figures of a run: curves with CI bands, AUC by layer, one unit's ERF next to its activation map",
@@ -205,7 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
         "whose |median rho| with every block up to L random exceeds --threshold is flagged; exit 1 when any method "
         "other than the control `random` (whose maps never depend on the model) is flagged.",
     )
-    sanity.add_argument("suite", nargs="?", default="tiny", help="suite name, .toml file or directory (default: tiny)")
+    sanity.add_argument(
+        "suite",
+        nargs="?",
+        default=DEFAULT_SUITE,
+        help=f"suite name, .toml file or directory (default: {DEFAULT_SUITE})",
+    )
     sanity.add_argument(
         "--methods", type=_csv, default=None, help="comma-separated attributors (default: every built-in)"
     )
@@ -217,6 +248,36 @@ def build_parser() -> argparse.ArgumentParser:
     sanity.add_argument("--seed", type=int, default=0, help="seed of the redrawn parameters (default: 0)")
     sanity.add_argument("--out", default=None, metavar="FILE", help="also write the rows and flags as JSON")
     sanity.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    val = sub.add_parser(
+        "validity",
+        help="does the run measure what it claims? non-locality, ground truth, oracle, sanity -> DIR/validity.json",
+        description="Per layer of the run in DIR: the share of non-local units (single-patch occlusion mass outside "
+        "the token's 3x3 neighbourhood > 0.5), each method's agreement with exact object-level Shapley values and "
+        "Kendall's tau between the AUC ranking and that ground-truth ranking, the greedy oracle's AUC and normalised "
+        "AUC = (AUC - random) / (oracle - random) with a clustered bootstrap CI, and the model-randomisation sanity "
+        "check; at top level the non-locality criterion's precision and recall against the exact truth. Ground "
+        "truth and oracle come from the suite's frozen reference (the built-in `relations`); other suites get "
+        "non-locality and sanity only. Writes DIR/validity.json and prints a summary.",
+    )
+    val.add_argument("dir", metavar="DIR", help="a directory written by `cafe-bench run --out`")
+    val.add_argument("--suite", default=None, help="the run's suite, if not the built-in it names")
+    val.add_argument(
+        "--sanity-units", type=int, default=8, help="units per layer of the sanity check (default: 8; 0 skips it)"
+    )
+    val.add_argument("--n-resamples", type=int, default=1000, help="bootstrap replicates (default: 1000)")
+    val.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the sanity check (default: 0)")
+    val.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    rep = sub.add_parser(
+        "report",
+        help="one self-contained HTML page of a run: board, curves, validity, ERF maps",
+        description="Write one HTML file (figures embedded, no external resources) with the board, the curves, "
+        "non-locality by layer, sanity flags, oracle and normalised scores, and ERF vs activation maps of a few "
+        "non-local units. Needs DIR/validity.json (`cafe-bench validity DIR`).",
+    )
+    rep.add_argument("dir", metavar="DIR", help="a directory written by `cafe-bench run --out`")
+    rep.add_argument("--out", required=True, metavar="FILE.html", help="the page to write")
+    rep.add_argument("--suite", default=None, help="the run's suite, if not the built-in it names")
+    rep.add_argument("--units", type=int, default=3, help="non-local units shown with their maps (default: 3)")
     sub.add_parser("methods", help="list registered attribution methods with their source")
     sub.add_parser("suites", help="list built-in suites")
     featureset_command.add_parser(sub)
@@ -231,7 +292,7 @@ def _cmd_run(args) -> int:
     if args.suite and args.suite_positional and args.suite != args.suite_positional:
         raise CafeBenchError(f"two suites given ({args.suite_positional} and --suite {args.suite}); give one")
     records = run(
-        suite=args.suite or args.suite_positional or "tiny",
+        suite=args.suite or args.suite_positional or DEFAULT_SUITE,
         methods=args.methods,
         protocols=args.protocols,
         layers=args.layers,
@@ -280,11 +341,30 @@ def _cmd_leaderboard(args) -> int:
     records, run_doc = read_runs(args.dirs, allow_mixed=args.allow_mixed)
     if args.save:
         check_board_source(args.dirs, records)  # before anything is written
+    if args.stratify not in (None, "locality"):
+        raise CafeBenchError(f"unknown --stratify {args.stratify!r}; valid: locality")
+    if args.stratify and args.save:
+        raise CafeBenchError("--stratify and --save cannot be combined: a saved board holds every unit")
     try:
+        if args.stratify:
+            from cafe_bench.validity import stratify_locality
+
+            strata = stratify_locality(records, args.dirs)
+            text = "".join(
+                f"\n{name} units ({group[['layer', 'feature', 'image_id', 'token']].drop_duplicates().shape[0]}):\n\n"
+                + render(summarize(group.drop(columns="stratum"), **statistics), args.format, by=args.by)
+                for name, group in strata.groupby("stratum", sort=True)
+            )
+            sys.stdout.write(text)
+            return 0
         summary = summarize(records, **statistics)
     except ValueError as exc:
         raise CafeBenchError(str(exc)) from None
     text = render(summary, args.format, by=args.by)
+    if args.format == "md":
+        from cafe_bench.validity import board_validity_text
+
+        text += board_validity_text(args.dirs)
     if args.save:
         from pathlib import Path
 
@@ -345,9 +425,26 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_baselines(args) -> int:
-    from cafe_bench.sensitivity import baseline_agreement
+    from cafe_bench.sensitivity import ALL_BASELINES, baseline_agreement, run_baselines
 
-    print(baseline_agreement(args.dirs).to_markdown(index=False, floatfmt=".3f"))
+    dirs = list(args.dirs)
+    if args.suite is not None:
+        if args.out is None:
+            raise CafeBenchError("--suite needs --out: the directory that holds one run per baseline")
+        if args.units_per_layer is not None and args.units_per_layer < 1:
+            raise CafeBenchError(f"--units-per-layer must be a positive integer, got {args.units_per_layer}")
+        dirs += run_baselines(
+            args.suite,
+            args.out,
+            args.baselines or ALL_BASELINES,
+            args.methods,
+            args.layers,
+            args.units_per_layer,
+            not args.no_progress,
+        )
+    elif not dirs:
+        raise CafeBenchError("give run directories (one per baseline), or --suite and --out to run them")
+    print(baseline_agreement(dirs).to_markdown(index=False, floatfmt=".3f"))
     return 0
 
 
@@ -388,7 +485,7 @@ def _cmd_sae(args) -> int:
 def _cmd_methods(_args) -> int:
     from cafe_bench.attributors.registry import attributor_source, get_attributor, list_attributors
 
-    n_patches = 64  # the tiny suite's 8 x 8 grid
+    n_patches = 64  # the 8 x 8 grid of the built-in scene suites
     print(f"{'method':<22} {'passes/unit (P=64)':<20} {'source':<28} description")
     for name in list_attributors():
         try:
@@ -438,6 +535,49 @@ def _cmd_sanity(args) -> int:
     return 1 if bad else 0
 
 
+def _cmd_validity(args) -> int:
+    from cafe_bench.suites import load_suite
+    from cafe_bench.validity import layer_table, read_validity, validity_table, write_validity
+
+    if args.sanity_units < 0:
+        raise CafeBenchError(f"--sanity-units must be 0 or a positive integer, got {args.sanity_units}")
+    if args.n_resamples < 1:
+        raise CafeBenchError(f"--n-resamples must be a positive integer, got {args.n_resamples}")
+    suite = load_suite(args.suite) if args.suite else None
+    path = write_validity(
+        args.dir,
+        suite=suite,
+        sanity_units=args.sanity_units,
+        n_resamples=args.n_resamples,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    doc = read_validity(args.dir)
+    print(layer_table(doc).to_markdown(index=False))
+    print()
+    print(validity_table(doc).to_markdown(index=False))
+    check = doc.get("nonlocality_check")
+    if check:
+        print(
+            f"\nnon-locality criterion vs exact truth: precision {check['precision']:.2f}, recall {check['recall']:.2f}"
+        )
+    for note in doc["notes"]:
+        print(f"note: {note}")
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from cafe_bench.report import write_report
+    from cafe_bench.suites import load_suite
+
+    if args.units < 0:
+        raise CafeBenchError(f"--units must be 0 or a positive integer, got {args.units}")
+    suite = load_suite(args.suite) if args.suite else None
+    print(write_report(args.dir, args.out, suite=suite, n_units=args.units))
+    return 0
+
+
 def main(argv=None) -> int:
     """Entry point of ``cafe-bench``; returns the exit code."""
     parser = build_parser()
@@ -458,6 +598,8 @@ def main(argv=None) -> int:
         "suites": _cmd_suites,
         "featureset": featureset_command.main,
         "sanity": _cmd_sanity,
+        "validity": _cmd_validity,
+        "report": _cmd_report,
     }
     try:
         with warnings.catch_warnings():

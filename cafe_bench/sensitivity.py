@@ -1,8 +1,10 @@
-"""Baseline sensitivity: do method rankings agree when the removed patches become blur, mean colour or black?"""
+"""Baseline sensitivity: do method rankings agree when the removed patches become blur, mean colour, black or
+ROAD's noisy linear imputation (``road``)?"""
 
 from __future__ import annotations
 
 from itertools import combinations
+from pathlib import Path
 
 import pandas as pd
 from scipy.stats import kendalltau
@@ -55,3 +57,49 @@ def baseline_agreement(run_dirs) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
+
+
+ALL_BASELINES = ("blur", "mean", "zero", "road")
+"""What ``cafe-bench baselines --suite`` compares by default."""
+
+
+def run_baselines(
+    suite,
+    out_dir,
+    baselines=ALL_BASELINES,
+    methods=None,
+    layers=None,
+    units_per_layer: int | None = None,
+    progress=True,
+) -> list[Path]:
+    """Run ``suite`` once per baseline into ``out_dir/BASELINE`` (resuming what is there) and return the run
+    directories, for :func:`baseline_agreement`.
+
+    Args:
+        suite: a loaded suite or a built-in name.
+        baselines: registered baselines (default blur, mean, zero, road).
+        methods, layers: as for :func:`cafe_bench.run` (default: every built-in method, every layer).
+        units_per_layer: the first N units of each layer (default: all).
+    """
+    from cafe_bench.protocols.baselines import check_baseline
+    from cafe_bench.runner import run
+    from cafe_bench.suites import Suite, load_suite
+
+    for name in baselines:
+        check_baseline(name)
+    if len(set(baselines)) < 2:
+        raise ResultsError("baseline sensitivity needs at least two different baselines")
+    suite = suite if isinstance(suite, Suite) else load_suite(suite)
+    layers = suite.layers if layers is None else [int(layer) for layer in layers]
+    units = None
+    if units_per_layer is not None:
+        units = [u for layer in layers for u in suite.units([layer])[:units_per_layer]]
+    dirs = []
+    for name in baselines:
+        out = Path(out_dir) / name
+        resume = (out / "run.json").is_file()
+        run(
+            suite, methods=methods, layers=layers, baseline=name, out=out, resume=resume, units=units, progress=progress
+        )
+        dirs.append(out)
+    return dirs

@@ -1,0 +1,97 @@
+"""validity.json, the board's validity section and --stratify locality, on runs of tiny (no frozen reference)."""
+
+import json
+
+import numpy as np
+import pytest
+
+import cafe_bench
+from cafe_bench.cli import main
+from cafe_bench.locality import nonlocality, occlusion_effects
+from cafe_bench.validity import VALIDITY_FILE, read_validity, write_validity
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, suite):
+    out = tmp_path_factory.mktemp("validity_run")
+    units = suite.units([1])[:4] + suite.units([5])[:2]
+    cafe_bench.run(suite, out=out, methods=["activation", "random"], units=units, progress=False)
+    write_validity(out, suite=suite, sanity_units=2, progress=False)
+    return out, units
+
+
+def test_validity_of_a_suite_without_reference_has_locality_and_sanity_only(tiny_run, suite):
+    out, units = tiny_run
+    doc = read_validity(out)
+    assert doc["notes"] == ["suite 'tiny' has no frozen reference: no ground truth or oracle"]
+    assert doc["nonlocality_check"] is None
+    assert set(doc["layers"]) == {"1", "5"}
+    layer1 = doc["layers"]["1"]
+    assert layer1["oracle_auc"] is None and layer1["kendall_tau"] is None and layer1["normalised_auc"] is None
+    # the control's maps never depend on the model: flagged; sanity ran on 2 units of each layer
+    assert layer1["sanity"]["random"]["flagged"] is True and layer1["sanity"]["random"]["n_units"] == 2
+    # non-locality recomputed here from occlusion, independently of the stored verdicts
+    target = suite.target(units[:4])
+    scores = nonlocality(occlusion_effects(target), [u.token for u in units[:4]], target.grid)
+    stored = {(u["layer"], u["feature"], u["image_id"], u["token"]): u["nonlocality"] for u in doc["unit_nonlocality"]}
+    np.testing.assert_allclose([stored[u.key()] for u in units[:4]], scores, rtol=1e-6)
+    assert layer1["nonlocal_fraction"] == pytest.approx(np.mean(scores > 0.5))
+
+
+def test_validity_file_is_strict_json(tiny_run):
+    text = (tiny_run[0] / VALIDITY_FILE).read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    json.loads(text)
+
+
+def test_cli_validity_writes_the_file_and_prints_the_tables(tiny_run, tmp_path, capsys):
+    out = tiny_run[0]
+    (out / VALIDITY_FILE).rename(tmp_path / "kept.json")
+    try:
+        assert main(["validity", str(out), "--sanity-units", "0", "--no-progress"]) == 0
+        printed = capsys.readouterr().out
+        assert "non-local" in printed and "early share" in printed and "sanity check skipped" in printed
+        assert read_validity(out)["sanity_units"] == 0
+    finally:
+        (tmp_path / "kept.json").replace(out / VALIDITY_FILE)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sanity-units", "-1"], "--sanity-units must be 0 or a positive integer"),
+        (["--n-resamples", "0"], "--n-resamples must be a positive integer"),
+    ],
+)
+def test_cli_validity_refuses_bad_arguments_without_writing(tiny_run, args, message, capsys):
+    out = tiny_run[0]
+    before = (out / VALIDITY_FILE).read_bytes()
+    assert main(["validity", str(out), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert (out / VALIDITY_FILE).read_bytes() == before
+
+
+def test_board_shows_sanity_flags_from_validity(tiny_run, capsys):
+    assert main(["leaderboard", str(tiny_run[0]), "--n-resamples", "50"]) == 0
+    printed = capsys.readouterr().out
+    assert "⚠ maps barely change" in printed  # random, the control, is flagged
+    row = next(line for line in printed.splitlines() if line.startswith("|       1 | random"))
+    assert "⚠" in row
+
+
+def test_stratify_locality_splits_the_board_and_needs_validity(tiny_run, tmp_path, capsys):
+    out = tiny_run[0]
+    assert main(["leaderboard", str(out), "--stratify", "locality", "--n-resamples", "50"]) == 0
+    printed = capsys.readouterr().out
+    verdicts = [u["nonlocal"] for u in read_validity(out)["unit_nonlocality"]]
+    if any(verdicts):
+        assert f"non-local units ({sum(verdicts)})" in printed
+    assert f"local units ({len(verdicts) - sum(verdicts)})" in printed
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("results.jsonl", "run.json"):
+        (bare / name).write_bytes((out / name).read_bytes())
+    assert main(["leaderboard", str(bare), "--stratify", "locality"]) == 2
+    assert "run `cafe-bench validity" in capsys.readouterr().err
+    assert main(["leaderboard", str(out), "--stratify", "object"]) == 2
+    assert "valid: locality" in capsys.readouterr().err
