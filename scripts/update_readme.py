@@ -1,8 +1,18 @@
 """Regenerate the README's generated sections from committed records and benchmark JSON, so that every
 figure in them comes from a file in the repository:
 
-- ``board``: the default run's table, from ``leaderboards/tiny/`` (the committed run's records);
-- ``timings``: wall time and time per method, from ``leaderboards/tiny/run.json``;
+- ``board``: the default run's table, from ``leaderboards/relations/`` (the committed run's records);
+- ``timings``: wall time and time per method of the default run, from ``leaderboards/relations/run.json``;
+- ``tiny_board``, ``tiny_timings``: the same for ``leaderboards/tiny/``;
+- ``relations_build``: the relations suite's model, SAEs and feature set, from its ``training_report.json`` and
+  ``features.json``;
+- ``discrimination``: how much of the best curve happens at the first step, per suite and layer, from the
+  committed records of every board;
+- ``validity``, ``nonlocality``, ``normalised``: non-locality, ground-truth agreement, oracle and normalised AUC,
+  sanity flags and the non-locality criterion's precision and recall, from ``leaderboards/relations/validity.json``
+  and the suite's ``reference.json``;
+- ``baselines``: ranking stability across blur, mean, zero and ROAD, from
+  ``benchmarks/results/baselines_relations.json``;
 - ``speed``: the engine's speed-ups, from ``benchmarks/results/bench_engine.json`` (``tox -e bench``);
 - ``gate``: rerun noise and what the regression gate detects, from ``benchmarks/results/tolerance.json`` and
   ``benchmarks/results/gate_thresholds.json``;
@@ -34,32 +44,194 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def board() -> str:
+def _board(suite: str) -> str:
     from cafe_bench.leaderboard import render, summarize
     from cafe_bench.results import read_run
 
-    records, _ = read_run(ROOT / "leaderboards" / "tiny")
+    records, _ = read_run(ROOT / "leaderboards" / suite)
     return render(summarize(records), "md", by="layer")
 
 
-def timings() -> str:
-    doc = _json(ROOT / "leaderboards" / "tiny" / "run.json")
+def board() -> str:
+    return _board("relations")
+
+
+def tiny_board() -> str:
+    return _board("tiny")
+
+
+def _timings(suite: str, what: str) -> str:
+    from cafe_bench.results import read_run, unit_set
+
+    doc = _json(ROOT / "leaderboards" / suite / "run.json")
     prov = doc["provenance"]
     per = sorted(doc["method_time_s"].items(), key=lambda kv: -kv[1])
     methods = ", ".join(f"{m} {t:.1f} s" for m, t in per)
+    n_units = len(unit_set(read_run(ROOT / "leaderboards" / suite)[0]))
     return (
-        f"From the committed run record (`leaderboards/tiny/run.json`, {prov['date'][:10]}, {prov['device']}, "
-        f"{prov['torch_threads']} torch threads, torch {prov['libraries']['torch']}): the default run of every "
+        f"From the committed run record (`leaderboards/{suite}/run.json`, {prov['date'][:10]}, {prov['device']}, "
+        f"{prov['torch_threads']} torch threads, torch {prov['libraries']['torch']}): {what} of every "
         f"built-in method took **{doc['wall_time_s']:.1f} s** in process (attribution and curves of "
         f"{len(doc['config']['methods'])} methods × {len(doc['config']['protocols'])} protocols × "
-        f"{_n_units(doc)} units). Time per method (attribution and its curves): {methods}.\n"
+        f"{n_units} units, {doc['config']['steps']} steps). Time per method (attribution and its curves): "
+        f"{methods}.\n"
     )
 
 
-def _n_units(doc: dict) -> int:
-    from cafe_bench.results import read_run, unit_set
+def timings() -> str:
+    return _timings("relations", "the default run (`cafe-bench run`, suite relations)")
 
-    return len(unit_set(read_run(ROOT / "leaderboards" / "tiny")[0]))
+
+def tiny_timings() -> str:
+    return _timings("tiny", "the run")
+
+
+def relations_build() -> str:
+    suite = ROOT / "cafe_bench" / "suites" / "relations"
+    report = _json(suite / "training_report.json")
+    features = _json(suite / "features.json")
+    vit = report["vit"]
+    heads = vit["per_head"]
+    shapes = [heads[f"has_{shape}"] for shape in SHAPES]
+    rel = ", ".join(
+        f"{h} {heads[h]:.3f}" for h in ("same_shape_and_colour_pair", "red_left_of_blue", "at_least_four_objects")
+    )
+    lines = [
+        f"- **Model accuracy** (2,000 held-out scenes): **{vit['mean_accuracy']:.3f} mean** over "
+        f"{len(heads)} heads (always guessing the majority class: {vit['majority_class_accuracy']:.3f}); the "
+        f"relational heads {rel}; shape presence {min(shapes):.2f}–{max(shapes):.2f}.",
+        "- **SAEs** (held-out FVU / L0): "
+        + ", ".join(
+            f"block {layer} **{report[f'sae_layer{layer}']['fvu']:.3f} / {report[f'sae_layer{layer}']['l0']:.1f}**"
+            for layer in (1, 3, 5)
+        )
+        + ".",
+        "- **Feature set**: per block, alive features / candidates drawn / share of candidate units that are non-local "
+        "/ non-local features kept: "
+        + "; ".join(
+            f"block {layer}: {st['n_alive']} / {st['n_candidates']} / **{st['candidate_nonlocal_fraction']:.2f}** / "
+            f"{st['n_nonlocal_features_kept']} of {features['rules']['n_features']}"
+            for layer, st in sorted(features["layers"].items(), key=lambda kv: int(kv[0]))
+        )
+        + f". {len(features['units'])} units.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+SHAPES = ("circle", "square", "triangle", "cross")
+
+
+def discrimination() -> str:
+    from cafe_bench.results import read_run
+    from cafe_bench.validity import early_share
+
+    lines = [
+        "| suite | block | units counted (left out) | median share at 1/16 of the patches | units with share ≥ 0.8 |",
+        "|---|---|---|---|---|",
+    ]
+    for suite in ("relations", "tiny", "photos"):
+        records, _ = read_run(ROOT / "leaderboards" / suite)
+        for layer, group in records.groupby("layer"):
+            e = early_share(group)
+            lines.append(
+                f"| {suite} | {layer} | {e['n_units']} ({e['n_left_out']}) | {e['median_share']:.2f} | "
+                f"{e['fraction_at_least_0.8']:.0%} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _validity_doc() -> dict:
+    return _json(ROOT / "leaderboards" / "relations" / "validity.json")
+
+
+def validity() -> str:
+    doc = _validity_doc()
+    lines = [
+        "| block | units | non-local (run's units) | non-local (random candidates) | Kendall τ insertion (p) "
+        "| Kendall τ deletion (p) | oracle AUC insertion | oracle AUC deletion |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    cand = doc["candidate_nonlocal_fraction"] or {}
+    for layer, e in sorted(doc["layers"].items(), key=lambda kv: int(kv[0])):
+        tau = {p: e["kendall_tau"][p] for p in ("insertion", "deletion")}
+        lines.append(
+            f"| {layer} | {e['n_units']} | {e['nonlocal_fraction']:.2f} | {cand.get(layer, float('nan')):.2f} | "
+            + " | ".join(f"{tau[p]['tau']:+.2f} ({tau[p]['p_value']:.2f})" for p in ("insertion", "deletion"))
+            + f" | {e['oracle_auc']['insertion']:.3f} | {e['oracle_auc']['deletion']:.3f} |"
+        )
+    agreement = sorted({m for e in doc["layers"].values() for m in (e["gt_agreement"] or {})})
+    lines += [
+        "",
+        "Agreement with the exact object-level Shapley values (mean Kendall τ per unit between the method's map summed "
+        "over each object's pixels and the Shapley values; 1 = same order of objects):",
+        "",
+        "| block | " + " | ".join(agreement) + " |",
+        "|---|" + "---|" * len(agreement),
+    ]
+    for layer, e in sorted(doc["layers"].items(), key=lambda kv: int(kv[0])):
+        vals = [e["gt_agreement"].get(m) for m in agreement]
+        lines.append(f"| {layer} | " + " | ".join("—" if v is None else f"{v:+.2f}" for v in vals) + " |")
+    lines.append(
+        f"\n(`leaderboards/relations/validity.json`, from `cafe-bench validity leaderboards/relations`, "
+        f"{doc['sanity_units']} units per block in the sanity check, seed {doc['seed']}.)"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def nonlocality() -> str:
+    import numpy as np
+
+    from cafe_bench.locality import is_nonlocal, precision_recall
+
+    doc = _validity_doc()
+    ref = _json(ROOT / "cafe_bench" / "suites" / "relations" / "reference.json")
+    check = doc["nonlocality_check"]
+    scores = np.array([np.nan if u["nonlocality"] is None else u["nonlocality"] for u in ref["units"]])
+    truth = np.array([(u["distant_share"] or 0.0) > 0.5 for u in ref["units"]])
+    lines = [
+        f"On all {check['n_units']} units of `relations`, against the exact truth (objects that do not touch the "
+        f"token's 3×3 neighbourhood hold more than half of the positive Shapley mass): **precision "
+        f"{check['precision']:.2f}, recall {check['recall']:.2f}** at the threshold {doc['criterion']['threshold']} "
+        f"({check['tp']} true positives, {check['fp']} false positives, {check['fn']} missed, {check['tn']} true "
+        f"negatives). The truth calls {', '.join(f'{v:.2f}' for v in check['truth_fraction_by_layer'].values())} of "
+        "the units of blocks " + ", ".join(check["truth_fraction_by_layer"]) + " non-local. Other thresholds, for "
+        "reference (the criterion's threshold was fixed at 0.5 before this was measured):",
+        "",
+        "| threshold | precision | recall |",
+        "|---|---|---|",
+    ]
+    for threshold in (0.3, 0.4, 0.5, 0.6, 0.7):
+        pr = precision_recall(is_nonlocal(scores, threshold), truth)
+        lines.append(f"| {threshold} | {pr['precision']:.2f} | {pr['recall']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def normalised() -> str:
+    doc = _validity_doc()
+    from cafe_bench.validity import validity_table
+
+    return validity_table(doc).to_markdown(index=False) + "\n"
+
+
+def baselines() -> str:
+    doc = _json(RESULTS / "baselines_relations.json")
+    prov = doc["provenance"]
+    lines = [
+        "| protocol | baseline a | baseline b | methods | Kendall τ | p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in doc["agreement"]:
+        lines.append(
+            f"| {row['protocol']} | {row['baseline_a']} | {row['baseline_b']} | {row['n_methods']} | "
+            f"{row['kendall_tau']:+.2f} | {row['p_value']:.3f} |"
+        )
+    walls = ", ".join(f"{b} {s:.0f} s" for b, s in doc["run_wall_s"].items())
+    lines.append(
+        f"\n(`benchmarks/results/baselines_relations.json`: the first {doc['units_per_layer']} units of each block, "
+        f"every built-in method, {prov['date'][:10]}, {prov['device']}, {prov['torch_threads']} torch threads; run "
+        f"times {walls}; `python scripts/measure_baselines.py`.)"
+    )
+    return "\n".join(lines) + "\n"
 
 
 def gate() -> str:
@@ -381,6 +553,14 @@ def sanity() -> str:
 
 
 SECTIONS = {
+    "tiny_board": tiny_board,
+    "tiny_timings": tiny_timings,
+    "relations_build": relations_build,
+    "discrimination": discrimination,
+    "validity": validity,
+    "nonlocality": nonlocality,
+    "normalised": normalised,
+    "baselines": baselines,
     "sanity": sanity,
     "img_focus": img_focus,
     "featureset_memory": featureset_memory,

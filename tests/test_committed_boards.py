@@ -62,3 +62,69 @@ def test_the_board_holds_every_units_auc(committed):
     for rec in records.to_dict("records"):
         status, value = stored[record_key(rec)]
         assert status == rec["status"] and (value == rec["auc"] or (value is None and rec["auc"] != rec["auc"]))
+
+
+# ---- the default suite's committed board and its validity document ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def relations_committed():
+    records, run_doc = read_run(BOARDS / "relations")
+    return records, run_doc, json.loads((BOARDS / "relations.json").read_text())
+
+
+def test_relations_board_reproduces_and_covers_every_method_and_unit(relations_committed):
+    from cafe_bench.suites import load_suite
+
+    records, run_doc, board = relations_committed
+    summary = summarize(records, **board["statistics"])
+    pd.testing.assert_frame_equal(
+        summary.reset_index(drop=True), pd.DataFrame(board["rows"])[summary.columns], check_dtype=False
+    )
+    assert (BOARDS / "relations.md").read_text() == render(summary, "md", by="method")
+    suite = load_suite("relations")
+    assert run_doc["config"]["suite_files"] == suite.hashes
+    assert set(records["method"]) == set(cafe_bench.runner.DEFAULT_METHODS)
+    assert len(records) == len(suite.units()) * len(cafe_bench.runner.DEFAULT_METHODS) * 2
+
+
+def test_relations_records_match_a_fresh_run_of_the_fast_methods(relations_committed):
+    records, _, _ = relations_committed
+    methods = ["activation", "gradient", "random", "smoothgrad"]
+    fresh = cafe_bench.run(methods=methods, layers=[5], progress=False)  # the default suite
+    stored = {record_key(r): r for r in records.to_dict("records")}
+    assert len(fresh) == 24 * len(methods) * 2
+    for rec in fresh.to_dict("records"):
+        old = stored[record_key(rec)]
+        assert rec["curve"] == pytest.approx(old["curve"], rel=1e-6, abs=1e-9)
+
+
+def test_committed_validity_reproduces_from_the_stored_records(relations_committed):
+    from cafe_bench.validity import _finite, validity
+
+    committed = json.loads((BOARDS / "relations" / "validity.json").read_text())
+    fresh = json.loads(
+        json.dumps(_finite(validity(BOARDS / "relations", sanity_units=0, n_resamples=100, progress=False)))
+    )
+    assert fresh["nonlocality_check"] == committed["nonlocality_check"]
+    assert fresh["unit_nonlocality"] == committed["unit_nonlocality"]
+    for layer, entry in committed["layers"].items():
+        got = fresh["layers"][layer]
+        for key in ("nonlocal_fraction", "early_share", "gt_agreement", "kendall_tau", "oracle_auc"):
+            assert got[key] == entry[key], (layer, key)
+        for protocol, methods in entry["normalised_auc"].items():
+            for method, value in methods.items():  # the estimate; the CIs depend on the replicates
+                assert got["normalised_auc"][protocol][method]["mean"] == value["mean"]
+        assert set(entry["sanity"]) == set(committed["methods"]) and entry["sanity"]["random"]["flagged"] is True
+
+
+def test_the_default_suite_meets_its_discrimination_target(relations_committed):
+    """At the deepest block: median early share at most 0.6 and fewer than half the units at 0.8 or more."""
+    from cafe_bench.validity import early_share
+
+    records, _, _ = relations_committed
+    deepest = early_share(records[records["layer"] == records["layer"].max()])
+    assert deepest["n_units"] >= 10
+    assert deepest["median_share"] <= 0.6 and deepest["fraction_at_least_0.8"] < 0.5
+    tiny = early_share(read_run(BOARDS / "tiny")[0].query("layer == 5"))
+    assert tiny["median_share"] > 0.9  # the suite it replaces as default does not

@@ -88,7 +88,17 @@ def test_a_rerun_with_one_thread_passes(tmp_path, capsys):
     """Another thread count and ``--device auto`` (on this CPU-only machine it resolves to cpu)."""
     out = tmp_path / "threads1"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "cafe_bench.cli", "run", "tiny", "--methods", ",".join(FAST_METHODS), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cafe_bench.cli",
+        "run",
+        "tiny",
+        "--methods",
+        ",".join(FAST_METHODS),
+        "--out",
+        str(out),
+    ]
     cmd += ["--device", "auto"]
     done = subprocess.run([*cmd, "--no-progress"], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
