@@ -284,7 +284,7 @@ def _most_nonlocal_first(ok, doc: dict):
 def _units(records, run_doc, run_dir, suite, n_units: int, progress: bool, doc: dict) -> str:
     from tqdm.auto import tqdm
 
-    from cafe_bench.plots import _load_run_suite, unit_figure
+    from cafe_bench.plots import _load_run_suite, run_unit_figure
     from cafe_bench.suites import Suite, load_suite
     from cafe_bench.target import Unit
 
@@ -313,15 +313,7 @@ def _units(records, run_doc, run_dir, suite, n_units: int, progress: bool, doc: 
     ):
         image = row["image_id"] if isinstance(row["image_id"], str) else int(row["image_id"])
         unit = Unit(int(row["layer"]), int(row["feature"]), image, int(row["token"]))
-        fig = unit_figure(
-            suite,
-            unit,
-            methods,
-            baseline=config.get("baseline"),
-            seed=int(config.get("seed", 0)),
-            method_params=config.get("method_params"),
-            records_df=records,
-        )
+        fig = run_unit_figure(suite, unit, methods, config, records)
         out += _img(fig, f"layer {unit.layer} feature {unit.feature} image {unit.image_id} token {unit.token}")
     return out
 

@@ -84,3 +84,16 @@ def test_an_edited_reference_value_is_refused(relations, tmp_path):
     (copy / "reference.json").write_text(json.dumps(doc))
     with pytest.raises(ChecksumError, match="reference.json"):
         load_suite(copy)
+
+
+def test_the_stratified_rule_rebuilds_the_shipped_feature_set(relations):
+    from cafe_bench.suites.build import RELATIONS, STREAMS
+    from cafe_bench.suites.relations_build import StratifiedRules, build_stratified_feature_set
+
+    saes = {layer: relations.saes[layer] for layer in relations.layers}
+    doc = build_stratified_feature_set(
+        relations.backbone, saes, STREAMS["featureset"], RELATIONS.scene_config, "mean", {}, StratifiedRules()
+    )
+    assert doc["units"] == relations.feature_set["units"]
+    assert doc["layers"] == relations.feature_set["layers"]
+    assert doc["sha256"] == relations.feature_set["sha256"]

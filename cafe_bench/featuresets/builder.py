@@ -66,6 +66,28 @@ def pool_codes(backbone, saes: dict, images: torch.Tensor, batch_size: int = 64)
     return {layer: torch.cat(chunks) for layer, chunks in out.items()}
 
 
+def draw_units(z: torch.Tensor, layer: int, n_features: int, rules) -> tuple[list[tuple], dict]:
+    """The draw of the rule above on one layer's codes ``z`` (N, P, m): alive features by ``rules.min_images`` and
+    ``rules.min_token_frequency``, ``n_features`` of them drawn by ``default_rng([rules.seed, layer])``, each with
+    its ``rules.n_images`` top images (ties: lower id) at its peak token (ties: lower patch). Returns the units as
+    (layer, feature, image_id, token) tuples and the layer's stats (``n_features``, ``n_alive``)."""
+    per_image_max = z.amax(dim=1)  # (N, m)
+    n_images_firing = (per_image_max > 0).sum(0)
+    token_freq = (z > 0).float().mean(dim=(0, 1))
+    alive = ((n_images_firing >= rules.min_images) & (token_freq >= rules.min_token_frequency)).nonzero()
+    alive = alive.flatten().tolist()
+    rng = np.random.default_rng([rules.seed, layer])
+    chosen = sorted(rng.choice(alive, size=min(n_features, len(alive)), replace=False).tolist())
+    units = []
+    for feature in chosen:
+        peaks = per_image_max[:, feature].cpu().numpy()
+        order = sorted(range(len(peaks)), key=lambda i: (-peaks[i], i))[: rules.n_images]
+        for image_id in sorted(order):
+            token = int(torch.argmax(z[image_id, :, feature]))  # first maximum = lowest index
+            units.append((int(layer), int(feature), int(image_id), token))
+    return units, {"n_features": int(z.shape[-1]), "n_alive": len(alive)}
+
+
 def build_feature_set(
     backbone, saes: dict, scene_seed: int, rules: FeatureSetRules = FeatureSetRules(), progress: bool = True
 ) -> dict:
@@ -75,22 +97,8 @@ def build_feature_set(
     codes = pool_codes(backbone, saes, images)
     units, stats = [], {}
     for layer in tqdm(sorted(saes), desc="feature set", disable=not progress, leave=False):
-        z = codes[layer]  # (N, P, m)
-        fires = z > 0
-        per_image_max = z.amax(dim=1)  # (N, m)
-        n_images_firing = (per_image_max > 0).sum(0)
-        token_freq = fires.float().mean(dim=(0, 1))
-        alive = ((n_images_firing >= rules.min_images) & (token_freq >= rules.min_token_frequency)).nonzero()
-        alive = alive.flatten().tolist()
-        stats[str(layer)] = {"n_features": int(z.shape[-1]), "n_alive": len(alive)}
-        rng = np.random.default_rng([rules.seed, layer])
-        chosen = sorted(rng.choice(alive, size=min(rules.n_features, len(alive)), replace=False).tolist())
-        for feature in chosen:
-            peaks = per_image_max[:, feature].cpu().numpy()
-            order = sorted(range(len(peaks)), key=lambda i: (-peaks[i], i))[: rules.n_images]
-            for image_id in sorted(order):
-                token = int(torch.argmax(z[image_id, :, feature]))  # first maximum = lowest index
-                units.append({"layer": int(layer), "feature": int(feature), "image_id": int(image_id), "token": token})
+        drawn, stats[str(layer)] = draw_units(codes[layer], layer, rules.n_features, rules)
+        units += [{"layer": u[0], "feature": u[1], "image_id": u[2], "token": u[3]} for u in drawn]
     return {
         "rules": asdict(rules),
         "scene_seed": scene_seed,

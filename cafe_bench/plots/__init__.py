@@ -62,6 +62,20 @@ def _load_run_suite(config: dict, records: pd.DataFrame, run_dir: Path):
     return suite
 
 
+def run_unit_figure(suite, unit, methods, config: dict, records: pd.DataFrame) -> Figure:
+    """:func:`unit_figure` of ``unit`` as the run with ``config`` saw it (its baseline, seed and method parameters),
+    with the unit's AUCs from ``records``."""
+    return unit_figure(
+        suite,
+        unit,
+        methods,
+        baseline=config.get("baseline"),
+        seed=int(config.get("seed", 0)),
+        method_params=config.get("method_params"),
+        records_df=records,
+    )
+
+
 def plot_run(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -136,15 +150,7 @@ def plot_run(
     figures = {f"curves_{p}": curves_figure(records, p, **stats) for p in protocols}
     figures["auc_by_layer"] = auc_by_layer_figure(records, **stats)
     name = f"unit_L{unit.layer}_F{unit.feature}_I{image_key(unit.image_id)}_T{unit.token}"
-    figures[name] = unit_figure(
-        suite,
-        unit,
-        methods,
-        baseline=config.get("baseline"),
-        seed=int(config.get("seed", 0)),
-        method_params=config.get("method_params"),
-        records_df=records,
-    )
+    figures[name] = run_unit_figure(suite, unit, methods, config, records)
     written = []
     for stem, fig in figures.items():
         for fmt in formats:
@@ -164,5 +170,6 @@ __all__ = [
     "plot_unit",
     "save_figure",
     "unit_figure",
+    "run_unit_figure",
     "unit_maps",
 ]

@@ -24,7 +24,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cafe_bench.featuresets.builder import feature_set_sha256, pool_codes, units_sha256, write_feature_set
+from cafe_bench.featuresets.builder import (
+    draw_units,
+    feature_set_sha256,
+    pool_codes,
+    units_sha256,
+    write_feature_set,
+)
 from cafe_bench.files import write_json_atomic
 from cafe_bench.locality import NEIGHBOURHOOD_RADIUS, NONLOCAL_THRESHOLD, neighbourhood, nonlocality, occlusion_effects
 from cafe_bench.oracle import ORACLE_PROTOCOLS, greedy_oracle
@@ -66,21 +72,9 @@ def scene_target(backbone, saes, units, scene_seed: int, config: SceneConfig, ba
 
 
 def _candidates(codes, layer, rules: StratifiedRules) -> tuple[list[Unit], dict]:
-    z = codes[layer]  # (N, P, m)
-    per_image_max = z.amax(dim=1)
-    n_firing = (per_image_max > 0).sum(0)
-    token_freq = (z > 0).float().mean(dim=(0, 1))
-    alive = ((n_firing >= rules.min_images) & (token_freq >= rules.min_token_frequency)).nonzero().flatten().tolist()
-    rng = np.random.default_rng([rules.seed, layer])
-    drawn = sorted(rng.choice(alive, size=min(rules.n_candidates, len(alive)), replace=False).tolist())
-    units = []
-    for feature in drawn:
-        peaks = per_image_max[:, feature].cpu().numpy()
-        top = sorted(range(len(peaks)), key=lambda i: (-peaks[i], i))[: rules.n_images]
-        for image_id in sorted(top):
-            token = int(torch.argmax(z[image_id, :, feature]))
-            units.append(Unit(int(layer), int(feature), int(image_id), token))
-    return units, {"n_features": int(z.shape[-1]), "n_alive": len(alive), "n_candidates": len(drawn)}
+    drawn, stats = draw_units(codes[layer], layer, rules.n_candidates, rules)
+    stats["n_candidates"] = len({u[1] for u in drawn})
+    return [Unit(*u) for u in drawn], stats
 
 
 def _stratified_draw(features_nonlocal: dict, rules: StratifiedRules, layer: int) -> list[int]:
