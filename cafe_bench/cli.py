@@ -368,9 +368,16 @@ def _cmd_leaderboard(args) -> int:
     if args.save:
         from pathlib import Path
 
+        from cafe_bench.validity import board_validity, board_validity_text
+
         stem = Path(args.save)
-        write_json_atomic(stem.with_name(stem.name + ".json"), board(summary, run_doc, statistics, records))
-        write_text_atomic(stem.with_name(stem.name + ".md"), render(summary, "md", by=args.by))
+        doc = board(summary, run_doc, statistics, records)
+        extra = board_validity(args.dirs)
+        if extra is not None:
+            doc["validity"] = extra
+        write_json_atomic(stem.with_name(stem.name + ".json"), doc)
+        md = render(summary, "md", by=args.by) + board_validity_text(args.dirs, hint=False)
+        write_text_atomic(stem.with_name(stem.name + ".md"), md)
     sys.stdout.write(text)
     return 0
 

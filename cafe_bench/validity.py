@@ -367,26 +367,41 @@ def validity_table(doc: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def board_validity_text(run_dirs) -> str:
-    """Markdown appended to a board: normalised AUC and sanity flags from each run's ``validity.json``, or a line
-    saying how to get them."""
+def board_validity_text(run_dirs, hint: bool = True) -> str:
+    """Markdown appended to a board: normalised AUC and sanity flags from each run's ``validity.json``, or (when
+    ``hint``, the default) a line saying how to get them."""
     from cafe_bench.sanity import DEFAULT_THRESHOLD
 
     parts = []
     for run_dir in run_dirs:
         path = Path(run_dir) / VALIDITY_FILE
         if not path.is_file():
-            parts.append(f"\nNormalised AUC and sanity flags of {run_dir}: run `cafe-bench validity {run_dir}`.\n")
+            if hint:
+                parts.append(f"\nNormalised AUC and sanity flags of {run_dir}: run `cafe-bench validity {run_dir}`.\n")
             continue
         doc = read_validity(run_dir)
         notes = "".join(f"\n- {note}" for note in doc.get("notes", []))
         parts.append(
-            f"\nValidity of {run_dir}: normalised AUC = (AUC - random) / (oracle - random), 95% CI; sanity rho = "
+            f"\nValidity of {Path(run_dir).name} (its validity.json): normalised AUC = (AUC - random) / (oracle - random), 95% CI; sanity rho = "
             f"median Spearman rho of maps after redrawing blocks 0..L, flagged above |{DEFAULT_THRESHOLD}|.{notes}\n\n"
             + validity_table(doc).to_markdown(index=False)
             + "\n"
         )
     return "".join(parts)
+
+
+def board_validity(run_dirs) -> dict | None:
+    """{run directory name: {layer: {normalised_auc, sanity}}} from each run's ``validity.json`` for a saved board,
+    or None when no run has one."""
+    out = {}
+    for run_dir in run_dirs:
+        if (Path(run_dir) / VALIDITY_FILE).is_file():
+            layers = read_validity(run_dir)["layers"]
+            out[Path(run_dir).name] = {
+                layer: {"normalised_auc": e.get("normalised_auc"), "sanity": e.get("sanity")}
+                for layer, e in layers.items()
+            }
+    return out or None
 
 
 def stratify_locality(records: pd.DataFrame, run_dirs) -> pd.DataFrame:

@@ -10,9 +10,11 @@ suites=("$@")
 for suite in "${suites[@]}"; do
   rm -rf "leaderboards/$suite"
   cafe-bench run --suite "$suite" --out "leaderboards/$suite" --no-progress > /dev/null
-  cafe-bench leaderboard "leaderboards/$suite" --save "leaderboards/$suite" > /dev/null
   if [ "$suite" = relations ]; then
     cafe-bench validity "leaderboards/$suite" --no-progress > /dev/null
+  fi
+  cafe-bench leaderboard "leaderboards/$suite" --save "leaderboards/$suite" > /dev/null
+  if [ "$suite" = relations ]; then
     cafe-bench report "leaderboards/$suite" --out "leaderboards/$suite/report.html" > /dev/null
   fi
 done

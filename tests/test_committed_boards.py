@@ -75,13 +75,17 @@ def relations_committed():
 
 def test_relations_board_reproduces_and_covers_every_method_and_unit(relations_committed):
     from cafe_bench.suites import load_suite
+    from cafe_bench.validity import board_validity, board_validity_text
 
     records, run_doc, board = relations_committed
     summary = summarize(records, **board["statistics"])
     pd.testing.assert_frame_equal(
         summary.reset_index(drop=True), pd.DataFrame(board["rows"])[summary.columns], check_dtype=False
     )
-    assert (BOARDS / "relations.md").read_text() == render(summary, "md", by="method")
+    validity_lines = board_validity_text([BOARDS / "relations"], hint=False)
+    assert "normalised AUC" in validity_lines and "⚠ maps barely change" in validity_lines
+    assert (BOARDS / "relations.md").read_text() == render(summary, "md", by="method") + validity_lines
+    assert board["validity"] == board_validity([BOARDS / "relations"])
     suite = load_suite("relations")
     assert run_doc["config"]["suite_files"] == suite.hashes
     assert set(records["method"]) == set(cafe_bench.runner.DEFAULT_METHODS)
