@@ -560,9 +560,9 @@ def _cmd_validity(args) -> int:
         progress=not args.no_progress,
     )
     doc = read_validity(args.dir)
-    print(layer_table(doc).to_markdown(index=False))
+    print(layer_table(doc).to_markdown(index=False, disable_numparse=True))
     print()
-    print(validity_table(doc).to_markdown(index=False))
+    print(validity_table(doc).to_markdown(index=False, disable_numparse=True))
     check = doc.get("nonlocality_check")
     if check:
         print(

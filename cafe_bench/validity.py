@@ -384,7 +384,7 @@ def board_validity_text(run_dirs, hint: bool = True) -> str:
         parts.append(
             f"\nValidity of {Path(run_dir).name} (its validity.json): normalised AUC = (AUC - random) / (oracle - random), 95% CI; sanity rho = "
             f"median Spearman rho of maps after redrawing blocks 0..L, flagged above |{DEFAULT_THRESHOLD}|.{notes}\n\n"
-            + validity_table(doc).to_markdown(index=False)
+            + validity_table(doc).to_markdown(index=False, disable_numparse=True)
             + "\n"
         )
     return "".join(parts)

@@ -221,7 +221,7 @@ def normalised() -> str:
     doc = _validity_doc()
     from cafe_bench.validity import validity_table
 
-    return validity_table(doc).to_markdown(index=False) + "\n"
+    return validity_table(doc).to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 def baselines() -> str:

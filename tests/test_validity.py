@@ -75,7 +75,7 @@ def test_board_shows_sanity_flags_from_validity(tiny_run, capsys):
     assert main(["leaderboard", str(tiny_run[0]), "--n-resamples", "50"]) == 0
     printed = capsys.readouterr().out
     assert "⚠ maps barely change" in printed  # random, the control, is flagged
-    row = next(line for line in printed.splitlines() if line.startswith("|       1 | random"))
+    row = next(line for line in printed.splitlines() if line.startswith("| 1       | random"))
     assert "⚠" in row
 
 
