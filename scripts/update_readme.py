@@ -210,6 +210,13 @@ def nonlocality() -> str:
             f"| {t} | {cell(mine['occlusion'][t])} | {cell(held['occlusion'][t])} | {cell(mine['two_player'][t])} | "
             f"{cell(held['two_player'][t])} |"
         )
+    best = dev["best_on_held_out"]
+    crit, t = best["criterion"], best["threshold"]
+    lines.append(
+        f"\nOf the two scores above and their 5×5 versions (`occlusion_radius2`, `two_player_radius2`) at these "
+        f"thresholds, the best min(precision, recall) on the held-out units is `{crit}` at {t}: "
+        f"{cell(held[crit][t])} there and {cell(mine[crit][t])} on the suite's units."
+    )
     lines.append(
         f"\n(`benchmarks/results/nonlocality_relations.json`, {dev['wall_s']:.0f} s, "
         f"{dev['provenance']['date'][:10]}; `python scripts/measure_nonlocality.py`.)"
