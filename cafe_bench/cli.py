@@ -271,13 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="one self-contained HTML page of a run: board, curves, validity, ERF maps",
         description="Write one HTML file (figures embedded, no external resources) with the board, the curves, "
-        "non-locality by layer, sanity flags, oracle and normalised scores, and ERF vs activation maps of a few "
-        "non-local units. Needs DIR/validity.json (`cafe-bench validity DIR`).",
+        "non-locality by layer, sanity flags, oracle and normalised scores, and ERF vs activation maps of the "
+        "units in decreasing order of non-locality. Needs DIR/validity.json (`cafe-bench validity DIR`).",
     )
     rep.add_argument("dir", metavar="DIR", help="a directory written by `cafe-bench run --out`")
     rep.add_argument("--out", required=True, metavar="FILE.html", help="the page to write")
     rep.add_argument("--suite", default=None, help="the run's suite, if not the built-in it names")
-    rep.add_argument("--units", type=int, default=3, help="non-local units shown with their maps (default: 3)")
+    rep.add_argument(
+        "--units", type=int, default=3, help="units shown with their maps, most non-local first (default: 3)"
+    )
     sub.add_parser("methods", help="list registered attribution methods with their source")
     sub.add_parser("suites", help="list built-in suites")
     featureset_command.add_parser(sub)
@@ -345,6 +347,8 @@ def _cmd_leaderboard(args) -> int:
         raise CafeBenchError(f"unknown --stratify {args.stratify!r}; valid: locality")
     if args.stratify and args.save:
         raise CafeBenchError("--stratify and --save cannot be combined: a saved board holds every unit")
+    if args.stratify and args.format != "md":
+        raise CafeBenchError(f"--stratify prints one markdown board per stratum; valid --format: md, got {args.format}")
     try:
         if args.stratify:
             from cafe_bench.validity import stratify_locality
@@ -565,9 +569,8 @@ def _cmd_validity(args) -> int:
     print(validity_table(doc).to_markdown(index=False, disable_numparse=True))
     check = doc.get("nonlocality_check")
     if check:
-        print(
-            f"\nnon-locality criterion vs exact truth: precision {check['precision']:.2f}, recall {check['recall']:.2f}"
-        )
+        pr = {k: "undefined" if check[k] is None else f"{check[k]:.2f}" for k in ("precision", "recall")}
+        print(f"\nnon-locality criterion vs exact truth: precision {pr['precision']}, recall {pr['recall']}")
     for note in doc["notes"]:
         print(f"note: {note}")
     print(f"wrote {path}")

@@ -8,7 +8,8 @@ is read off it. It costs P (P + 1) / 2 forward passes per unit and protocol, so 
 suite is built, and stored with it (it is deterministic); it is a reference, never a registered method.
 
 Greedy is not optimal: a method may beat it on a unit (two patches that only act together, say). Normalised
-AUC = (AUC - random) / (oracle - random) is 0 for the random ranking and 1 for the oracle, in either direction.
+AUC = (AUC - random) / (oracle - random), a ratio of means over the same units
+(:func:`cafe_bench.stats.normalised_ci`), is 0 for the random ranking and 1 for the oracle, in either direction.
 """
 
 from __future__ import annotations
@@ -68,10 +69,3 @@ def oracle_scores(order: np.ndarray) -> np.ndarray:
     scores = np.empty((b, p), dtype=np.float32)
     scores[np.arange(b)[:, None], order] = np.arange(p, 0, -1, dtype=np.float32)[None]
     return scores
-
-
-def normalised_auc(auc_method, auc_random, auc_oracle) -> np.ndarray:
-    """(AUC - random) / (oracle - random): 0 at random, 1 at the oracle, for either protocol direction."""
-    auc_method, auc_random, auc_oracle = (np.asarray(a, dtype=np.float64) for a in (auc_method, auc_random, auc_oracle))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (auc_method - auc_random) / (auc_oracle - auc_random)

@@ -285,7 +285,7 @@ def _units(records, run_doc, run_dir, suite, n_units: int, progress: bool, doc: 
     from tqdm.auto import tqdm
 
     from cafe_bench.plots import _load_run_suite, run_unit_figure
-    from cafe_bench.suites import Suite, load_suite
+    from cafe_bench.suites import Suite, check_run_files, load_suite
     from cafe_bench.target import Unit
 
     config = run_doc["config"]
@@ -305,8 +305,9 @@ def _units(records, run_doc, run_dir, suite, n_units: int, progress: bool, doc: 
     )
     if suite is None:
         suite = _load_run_suite(config, records, run_dir)
-    elif not isinstance(suite, Suite):
-        suite = load_suite(suite)
+    else:
+        suite = suite if isinstance(suite, Suite) else load_suite(suite)
+        check_run_files(suite, config, run_dir / "run.json")
     methods = list(config.get("methods") or dict.fromkeys(records["method"]))
     for _, row in tqdm(
         ok.head(n_units).iterrows(), total=min(n_units, len(ok)), desc="report units", disable=not progress

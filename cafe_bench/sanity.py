@@ -68,30 +68,44 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(spearmanr(a, b).statistic)
 
 
-def cascading_randomisation(suite, methods, layers=None, n_units: int = 8, seed: int = 0, progress: bool = True):
+def cascading_randomisation(
+    suite,
+    methods,
+    layers=None,
+    n_units: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+    baseline: str | None = None,
+    method_args: dict | None = None,
+    units=None,
+):
     """Rows of :class:`SanityRow` for every method x layer x stage, on the first ``n_units`` units of each layer.
 
     Args:
         suite: a loaded suite (``cafe_bench.load_suite``).
-        methods: attributor names (each built with its defaults).
+        methods: attributor names.
         layers: SAE layers (default: all of the suite's).
         n_units: units per layer (default 8).
         seed: seed of the redrawn parameters and of the units' seeds (default 0).
+        baseline: the baseline the methods see (default: the suite's).
+        method_args: ``{method: {parameter: value}}`` as for :func:`cafe_bench.run` (default: every method's defaults).
+        units: draw each layer's units from these (default: the suite's feature set).
     """
     from tqdm.auto import tqdm
 
-    from cafe_bench.attributors.registry import get_attributor
+    from cafe_bench.runner import build_attributors
     from cafe_bench.target import Target
 
     layers = suite.layers if layers is None else [int(layer) for layer in layers]
     suite.check_layers(layers)
-    attributors = {m: get_attributor(m) for m in methods}
+    attributors = build_attributors(list(methods), method_args)
+    pool = suite.units(layers) if units is None else list(units)
     rows = []
     total = sum(len(attributors) * (layer + 3) for layer in layers)
     bar = tqdm(total=total, desc="sanity", unit="map batch", disable=not progress)
     for layer in layers:
-        units = suite.units([layer])[:n_units]
-        trained = suite.target(units, seed=seed)
+        layer_units = [u for u in pool if u.layer == layer][:n_units]
+        trained = suite.target(layer_units, baseline=baseline, seed=seed)
 
         def scores(target, method):
             out = attributors[method].scores(target)
@@ -113,7 +127,7 @@ def cascading_randomisation(suite, methods, layers=None, n_units: int = 8, seed:
             )
             for method in attributors:
                 new = scores(target, method)
-                rhos = [_spearman(reference[method][i], new[i]) for i in range(len(units))]
+                rhos = [_spearman(reference[method][i], new[i]) for i in range(len(layer_units))]
                 defined = [r for r in rhos if r is not None]
                 rows.append(
                     SanityRow(

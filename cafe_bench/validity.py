@@ -41,6 +41,7 @@ from cafe_bench.results import read_run
 from cafe_bench.schema import UNIT_FIELDS
 from cafe_bench.stats import auc, normalised_ci
 from cafe_bench.store import read_scores
+from cafe_bench.target import Unit
 
 VALIDITY_FILE = "validity.json"
 CONTROL = "random"
@@ -58,11 +59,13 @@ MIN_CHANGE = 0.05
 
 
 def early_share(records: pd.DataFrame, at: float = EARLY_FRACTION, min_change: float = MIN_CHANGE) -> dict:
-    """How much of the best curve's change happens at the first step: per unit, the non-random method with the
-    highest insertion AUC, its normalised curve c read at fraction ``at`` (default 1/16) by linear interpolation,
-    and share = (c(at) - c(0)) / (c(1) - c(0)); units with |c(1) - c(0)| < ``min_change`` (default 0.05) are left
-    out. Returns the median share, the fraction of units with share >= 0.8 and the counts. A benchmark whose curves
-    saturate at the first step (median near 1) ranks methods by their first few patches only."""
+    """How much of the best curve's change happens early, by ``at`` of the patches.
+
+    Per unit: the non-random method with the highest insertion AUC, its normalised curve c read at fraction ``at``
+    (default 1/16) by linear interpolation, and share = (c(at) - c(0)) / (c(1) - c(0)); units with
+    |c(1) - c(0)| < ``min_change`` (default 0.05) are left out. Returns the median share, the fraction of units with
+    share >= 0.8 and the counts. A benchmark whose curves saturate by then (median near 1) ranks methods by their
+    first few patches only."""
     ins = records[(records["status"] == "ok") & (records["protocol"] == "insertion") & (records["method"] != CONTROL)]
     shares, skipped = [], 0
     for _, unit in ins.groupby(list(UNIT_FIELDS), sort=True):
@@ -103,11 +106,10 @@ def nonlocality_check(reference: dict) -> dict:
     return out
 
 
-def _unit_nonlocality(suite, ok: pd.DataFrame, baseline: str, reference: dict | None) -> dict:
-    """{unit key: non-locality score}, from the reference when it has the unit, else by occlusion now."""
-    from cafe_bench.target import Unit
-
-    keys = sorted(set(ok[list(UNIT_FIELDS)].itertuples(index=False, name=None)), key=str)
+def _unit_nonlocality(suite, records: pd.DataFrame, baseline: str, reference: dict | None) -> dict:
+    """{unit key: non-locality score} of every unit of ``records``, from the reference when it has the unit, else
+    by occlusion now (a unit whose feature is dead on the clean image has no positive effect: None)."""
+    keys = sorted({tuple(_plain(k)) for k in records[list(UNIT_FIELDS)].itertuples(index=False, name=None)}, key=str)
     ref = by_unit(reference) if reference is not None else {}
     out = {k: ref[k]["nonlocality"] for k in keys if k in ref}
     todo = [Unit(*k) for k in keys if k not in ref]
@@ -118,22 +120,23 @@ def _unit_nonlocality(suite, ok: pd.DataFrame, baseline: str, reference: dict | 
     return out
 
 
-def _gt_agreement(suite, ok: pd.DataFrame, scores: dict, ref: dict) -> dict:
+def _gt_agreement(suite, ok: pd.DataFrame, scores: dict, ref: dict) -> tuple[dict, int]:
+    """({method: mean Kendall tau with the Shapley values}, units): the mean over the units where every method's
+    tau is defined (a constant map has none), so that all methods are averaged over the same units."""
     from cafe_bench.shapley import agreement
 
-    out = {}
     patch = int(suite.backbone.patch_size)
-    first = ok.drop_duplicates(["method", *UNIT_FIELDS])
-    for method, rows in first.groupby("method"):
-        taus = []
-        for _, row in rows.iterrows():
-            entry, key = ref.get(_key(row)), row["scores_key"]
-            if entry is None or key not in scores:
-                continue
-            taus.append(agreement(scores[key], suite.players(row["image_id"]), np.asarray(entry["shapley"]), patch))
-        taus = [t for t in taus if not np.isnan(t)]
-        out[method] = float(np.mean(taus)) if taus else None
-    return out
+    taus: dict[str, dict] = {}
+    for _, row in ok.drop_duplicates(["method", *UNIT_FIELDS]).iterrows():
+        entry, key = ref.get(_key(row)), row["scores_key"]
+        if entry is not None and key in scores:
+            players = suite.players(row["image_id"])
+            tau = agreement(scores[key], players, np.asarray(entry["shapley"]), patch)
+            taus.setdefault(row["method"], {})[_key(row)] = tau
+    common = set.intersection(*(set(k for k, t in per.items() if not np.isnan(t)) for per in taus.values()))
+    if not taus or not common:
+        return {m: None for m in taus}, 0
+    return {m: float(np.mean([per[k] for k in common])) for m, per in taus.items()}, len(common)
 
 
 def _rank_tau(auc_means: dict, agreement: dict, sign: float) -> dict:
@@ -176,10 +179,21 @@ def _oracle_and_normalised(lp: pd.DataFrame, ref: dict, n_patches: int, n_resamp
     return float(np.mean(list(oracle.values()))), normalised
 
 
-def _sanity(suite, methods, layers, n_units: int, seed: int, progress: bool) -> dict:
+def _sanity(suite, methods, layers, n_units: int, seed: int, progress: bool, baseline: str, params, units) -> dict:
+    """The sanity check with the run's baseline, method parameters and units (the first ``n_units`` of each layer)."""
     from cafe_bench.sanity import DEFAULT_THRESHOLD, cascading_randomisation, flags
 
-    rows = cascading_randomisation(suite, methods, layers, n_units=n_units, seed=seed, progress=progress)
+    rows = cascading_randomisation(
+        suite,
+        methods,
+        layers,
+        n_units=n_units,
+        seed=seed,
+        progress=progress,
+        baseline=baseline,
+        method_args=params,
+        units=units,
+    )
     flagged = flags(rows, DEFAULT_THRESHOLD)
     out = {}
     for row in rows:
@@ -209,13 +223,14 @@ def validity(
         n_resamples: bootstrap replicates of the normalised-AUC CIs (default 1000).
         seed: seed of the bootstrap and of the sanity check's redrawn parameters (default 0).
     """
-    from cafe_bench.suites import load_suite
+    from cafe_bench.suites import check_run_files, load_suite
 
     records, run_doc = read_run(run_dir)
     config = run_doc["config"]
     suite = suite if suite is not None else load_suite(config["suite"])
     if suite.name != config["suite"]:
         raise CafeBenchError(f"{run_dir} is a run of suite {config['suite']!r}, not of {suite.name!r}")
+    check_run_files(suite, config, Path(run_dir) / "run.json")
     ok = records[records["status"] == "ok"]
     reference, notes = suite.reference, []
     if reference is not None and reference["baseline"] != config["baseline"]:
@@ -228,7 +243,7 @@ def validity(
         notes.append(f"suite {suite.name!r} has no frozen reference: no ground truth or oracle")
     ref = by_unit(reference) if reference is not None else {}
     scores = read_scores(run_dir) if ref else {}
-    local = _unit_nonlocality(suite, ok, config["baseline"], reference)
+    local = _unit_nonlocality(suite, records, config["baseline"], reference)  # every unit, dead ones too
     n_patches = int(suite.backbone.n_patches)
     layers = {}
     for layer, lrows in ok.groupby("layer"):
@@ -244,8 +259,10 @@ def validity(
             "normalised_auc": None,
         }
         if ref:
-            agreement = _gt_agreement(suite, lrows, scores, ref)
-            entry.update(gt_agreement=agreement, kendall_tau={}, oracle_auc={}, normalised_auc={})
+            agreement, n_agree = _gt_agreement(suite, lrows, scores, ref)
+            entry.update(
+                gt_agreement=agreement, gt_agreement_units=n_agree, kendall_tau={}, oracle_auc={}, normalised_auc={}
+            )
             for protocol, lp in lrows.groupby("protocol"):
                 means = lp.groupby("method")["auc"].mean().to_dict()
                 sign = 1.0 if bool(lp["higher_is_better"].iloc[0]) else -1.0
@@ -256,8 +273,20 @@ def validity(
                     entry["normalised_auc"][protocol] = normalised
         layers[str(int(layer))] = entry
     methods = sorted(ok["method"].unique())
+    if ref and CONTROL not in methods:
+        notes.append(f"the run has no `{CONTROL}` method: no normalised AUC (random is its zero)")
     if sanity_units > 0:
-        sanity = _sanity(suite, methods, sorted(int(k) for k in layers), sanity_units, seed, progress)
+        sanity = _sanity(
+            suite,
+            methods,
+            sorted(int(k) for k in layers),
+            sanity_units,
+            seed,
+            progress,
+            config["baseline"],
+            config.get("method_params"),
+            [Unit(*_plain(k)) for k in dict.fromkeys(records[list(UNIT_FIELDS)].itertuples(index=False, name=None))],
+        )
         for layer, entry in layers.items():
             entry["sanity"] = sanity.get(layer)
     else:
@@ -322,7 +351,15 @@ def read_validity(run_dir) -> dict:
     path = Path(run_dir) / VALIDITY_FILE
     if not path.is_file():
         raise CafeBenchError(f"{path}: no such file; run `cafe-bench validity {run_dir}` first")
-    return json.loads(path.read_text())
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError:
+        raise CafeBenchError(f"{path}: not valid JSON; rerun `cafe-bench validity {run_dir}`") from None
+    needed = {"layers": dict, "methods": list, "unit_nonlocality": list, "baseline": str}
+    bad = [k for k, kind in needed.items() if not isinstance(doc, dict) or not isinstance(doc.get(k), kind)]
+    if bad:
+        raise CafeBenchError(f"{path}: lacks '{bad[0]}'; rerun `cafe-bench validity {run_dir}`")
+    return doc
 
 
 def _ci_text(entry) -> str:
@@ -382,7 +419,8 @@ def board_validity_text(run_dirs, hint: bool = True) -> str:
         doc = read_validity(run_dir)
         notes = "".join(f"\n- {note}" for note in doc.get("notes", []))
         parts.append(
-            f"\nValidity of {Path(run_dir).name} (its validity.json): normalised AUC = (AUC - random) / (oracle - random), 95% CI; sanity rho = "
+            f"\nValidity of {Path(run_dir).name} (its validity.json): normalised AUC = (AUC - random) / "
+            "(oracle - random), 95% CI; sanity rho = "
             f"median Spearman rho of maps after redrawing blocks 0..L, flagged above |{DEFAULT_THRESHOLD}|.{notes}\n\n"
             + validity_table(doc).to_markdown(index=False, disable_numparse=True)
             + "\n"
@@ -407,11 +445,13 @@ def board_validity(run_dirs) -> dict | None:
 def stratify_locality(records: pd.DataFrame, run_dirs) -> pd.DataFrame:
     """``records`` with a ``stratum`` column (``local`` / ``non-local``) from each run's ``validity.json``;
     CafeBenchError when a run has none or a unit has no verdict."""
-    verdict = {}
+    verdict = {}  # a verdict depends on the baseline: keyed by it as well
     for run_dir in run_dirs:
-        for unit in read_validity(run_dir)["unit_nonlocality"]:
-            verdict[tuple(unit[f] for f in UNIT_FIELDS)] = "non-local" if unit["nonlocal"] else "local"
-    keys = [tuple(_plain(k)) for k in records[list(UNIT_FIELDS)].itertuples(index=False, name=None)]
+        doc = read_validity(run_dir)
+        for unit in doc["unit_nonlocality"]:
+            verdict[(doc["baseline"], *(unit[f] for f in UNIT_FIELDS))] = "non-local" if unit["nonlocal"] else "local"
+    fields = ["baseline", *UNIT_FIELDS]
+    keys = [(k[0], *_plain(k[1:])) for k in records[fields].itertuples(index=False, name=None)]
     missing = [k for k in keys if k not in verdict]
     if missing:
         raise CafeBenchError(f"unit {missing[0]} has no locality verdict; rerun `cafe-bench validity` on its run")

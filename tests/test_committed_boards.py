@@ -119,7 +119,42 @@ def test_committed_validity_reproduces_from_the_stored_records(relations_committ
         for protocol, methods in entry["normalised_auc"].items():
             for method, value in methods.items():  # the estimate; the CIs depend on the replicates
                 assert got["normalised_auc"][protocol][method]["mean"] == value["mean"]
+    # the sanity check is not recomputed here (sanity_units=0); the committed one covers every method, and its
+    # control is flagged
+    for entry in committed["layers"].values():
         assert set(entry["sanity"]) == set(committed["methods"]) and entry["sanity"]["random"]["flagged"] is True
+
+
+def test_normalised_auc_is_the_ratio_of_mean_aucs_to_random_and_oracle(relations_committed):
+    """Recomputed here from the records and the reference's oracle values, without cafe_bench.validity."""
+    import numpy as np
+
+    from cafe_bench.stats import auc
+    from cafe_bench.suites import load_suite
+
+    records, _, _ = relations_committed
+    committed = json.loads((BOARDS / "relations" / "validity.json").read_text())
+    reference = {
+        (u["layer"], u["feature"], u["image_id"], u["token"]): u for u in load_suite("relations").reference["units"]
+    }
+    layer, protocol, method = 5, "insertion", "attnlrp"
+    rows = records[(records["layer"] == layer) & (records["protocol"] == protocol)]
+    keys = ["layer", "feature", "image_id", "token"]
+
+    def mean_auc(name):
+        return rows[rows["method"] == name]["auc"].mean()
+
+    oracle = []
+    for key, group in rows.groupby(keys):
+        entry = reference[tuple(int(k) for k in key)]
+        counts = [round(f * 64) for f in group["fractions"].iloc[0]]
+        curve = np.asarray(entry["oracle"][protocol]["values"])[counts] / entry["clean"]
+        oracle.append(auc(group["fractions"].iloc[0], curve))
+    expected = (mean_auc(method) - mean_auc("random")) / (np.mean(oracle) - mean_auc("random"))
+    got = committed["layers"][str(layer)]["normalised_auc"][protocol][method]
+    assert got["mean"] == pytest.approx(expected, rel=1e-9)
+    assert got["ci_low"] < got["mean"] < got["ci_high"]
+    assert committed["layers"][str(layer)]["oracle_auc"][protocol] == pytest.approx(np.mean(oracle), rel=1e-9)
 
 
 def test_the_default_suite_meets_its_discrimination_target(relations_committed):

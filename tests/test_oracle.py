@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from cafe_bench.oracle import greedy_oracle, normalised_auc, oracle_scores
+from cafe_bench.oracle import greedy_oracle, oracle_scores
 from cafe_bench.protocols.engine import run_curves
 
 
@@ -46,9 +46,3 @@ def test_no_oracle_for_lerf(additive_target):
     target, _ = _additive(additive_target)
     with pytest.raises(ValueError, match="valid: insertion, deletion"):
         greedy_oracle(target, "insertion_lerf")
-
-
-def test_normalised_auc_is_zero_at_random_and_one_at_the_oracle():
-    np.testing.assert_allclose(normalised_auc([0.5, 0.9, 0.7], 0.5, 0.9), [0.0, 1.0, 0.5])
-    # deletion: lower is better, the same formula
-    np.testing.assert_allclose(normalised_auc([0.2, 0.6], 0.6, 0.2), [1.0, 0.0])

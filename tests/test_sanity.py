@@ -101,3 +101,33 @@ def test_cli_mistakes_exit_2(capsys, extra, message):
     assert main(["sanity", "tiny", "--no-progress", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and err.count("\n") == 0
+
+
+class BaselineBrightness(ImageBrightness):
+    """Scores each patch by the *baseline* image's brightness there: constant for a flat baseline."""
+
+    name = "baseline_brightness"
+
+    def attribute(self, target):
+        return target.baseline.mean(1)
+
+
+def test_the_check_uses_the_given_baseline_and_units(suite, monkeypatch):
+    monkeypatch.setitem(registry._REGISTRY, "baseline_brightness", BaselineBrightness)
+    monkeypatch.setitem(registry._SOURCES, "baseline_brightness", f"{__name__}:BaselineBrightness")
+    units = suite.units([1])[5:8]
+    kwargs = dict(layers=[1], n_units=2, progress=False, units=units)
+    blur = cascading_randomisation(suite, ["baseline_brightness"], baseline="blur", **kwargs)
+    zero = cascading_randomisation(suite, ["baseline_brightness"], baseline="zero", **kwargs)
+    # on the blurred image the map varies (rho = 1, model-blind); on black it is constant (no rho at all)
+    assert all(r.n_units == 2 and r.median_rho == pytest.approx(1.0) for r in blur)
+    assert all(r.n_units == 0 and r.n_undefined == 2 for r in zero)
+
+
+def test_the_check_refuses_bad_method_parameters_like_a_run(suite):
+    from cafe_bench.errors import CafeBenchError
+
+    with pytest.raises(CafeBenchError, match="nt_sample"):
+        cascading_randomisation(
+            suite, ["smoothgrad"], layers=[1], n_units=1, progress=False, method_args={"smoothgrad": {"nt_sample": 4}}
+        )

@@ -84,9 +84,9 @@ def test_stratify_locality_splits_the_board_and_needs_validity(tiny_run, tmp_pat
     assert main(["leaderboard", str(out), "--stratify", "locality", "--n-resamples", "50"]) == 0
     printed = capsys.readouterr().out
     verdicts = [u["nonlocal"] for u in read_validity(out)["unit_nonlocality"]]
-    if any(verdicts):
-        assert f"non-local units ({sum(verdicts)})" in printed
-    assert f"local units ({len(verdicts) - sum(verdicts)})" in printed
+    assert sum(verdicts) < len(verdicts)  # the run has local units: the local board must be there
+    assert f"\nlocal units ({len(verdicts) - sum(verdicts)}):" in printed
+    assert ("non-local units (" in printed) == any(verdicts)
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("results.jsonl", "run.json"):
@@ -95,3 +95,58 @@ def test_stratify_locality_splits_the_board_and_needs_validity(tiny_run, tmp_pat
     assert "run `cafe-bench validity" in capsys.readouterr().err
     assert main(["leaderboard", str(out), "--stratify", "object"]) == 2
     assert "valid: locality" in capsys.readouterr().err
+
+
+def _copy_run(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_stratify_covers_dead_units_too(tmp_path, suite, dead_unit, capsys):
+    out = tmp_path / "with_dead"
+    units = [*suite.units([1])[:2], dead_unit]
+    cafe_bench.run(suite, out=out, methods=["activation", "random"], units=units, progress=False)
+    write_validity(out, suite=suite, sanity_units=0, progress=False)
+    verdicts = {
+        tuple(u[f] for f in ("layer", "feature", "image_id", "token")) for u in read_validity(out)["unit_nonlocality"]
+    }
+    assert dead_unit.key() in verdicts and len(verdicts) == 3
+    assert main(["leaderboard", str(out), "--stratify", "locality", "--n-resamples", "20"]) == 0
+
+
+def test_validity_refuses_a_suite_that_is_not_the_build_of_the_run(tiny_run, tmp_path, capsys):
+    run = _copy_run(tiny_run[0], tmp_path / "run")
+    doc = json.loads((run / "run.json").read_text())
+    doc["config"]["suite_files"]["vit.safetensors"] = "0" * 64
+    (run / "run.json").write_text(json.dumps(doc))
+    (run / VALIDITY_FILE).unlink()
+    assert main(["validity", str(run), "--sanity-units", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "not the build the run used (vit.safetensors differs)" in err and err.count("\n") == 1
+    assert not (run / VALIDITY_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("{not json", "not valid JSON"), (json.dumps({"layers": {"1": {}}}), "lacks 'methods'")],
+)
+def test_a_damaged_validity_file_is_a_one_line_error(tiny_run, tmp_path, capsys, content, message):
+    run = _copy_run(tiny_run[0], tmp_path / "run")
+    (run / VALIDITY_FILE).write_text(content)
+    for argv in (["leaderboard", str(run)], ["leaderboard", str(run), "--stratify", "locality"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "rerun `cafe-bench validity" in err and err.count("\n") == 1
+
+
+def test_cli_prints_an_undefined_precision_instead_of_crashing(tiny_run, tmp_path, capsys, monkeypatch):
+    from cafe_bench import validity as module
+
+    doc = read_validity(tiny_run[0])
+    check = {"precision": float("nan"), "recall": 0.0, "tp": 0, "fp": 0, "fn": 3, "tn": 5}
+    monkeypatch.setattr(module, "validity", lambda *a, **k: {**doc, "nonlocality_check": check})
+    run = _copy_run(tiny_run[0], tmp_path / "run")
+    assert main(["validity", str(run)]) == 0
+    assert "precision undefined, recall 0.00" in capsys.readouterr().out

@@ -47,7 +47,7 @@ def _first_ok_unit(records: pd.DataFrame):
 
 
 def _load_run_suite(config: dict, records: pd.DataFrame, run_dir: Path):
-    from cafe_bench.suites import load_suite
+    from cafe_bench.suites import check_run_files, load_suite
 
     name = config.get("suite") or str(records["suite"].iloc[0])
     try:
@@ -56,9 +56,7 @@ def _load_run_suite(config: dict, records: pd.DataFrame, run_dir: Path):
         raise CafeBenchError(
             f"{run_dir}: the run's suite {name!r} is not built in; pass its file or directory (--suite / suite=)"
         ) from None
-    expected = config.get("suite_files")
-    if expected and expected != suite.hashes:
-        raise CafeBenchError(f"{run_dir / RUN}: suite {name!r} installed here differs from the one of the run")
+    check_run_files(suite, config, run_dir / RUN)
     return suite
 
 

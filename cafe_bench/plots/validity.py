@@ -33,7 +33,7 @@ def nonlocality_figure(validity_doc: dict) -> Figure:
     ]
     series = [(label, _layer_values(values, layers), c) for label, values, c in series if values]
     criterion = validity_doc.get("criterion") or {}
-    width = 0.8 / len(series)
+    width = 0.8 / max(len(series), 1)
     fig = _new_figure(max(4.5, 1.8 + 0.6 * len(layers) * len(series)), 3.8)
     with mpl.rc_context(_STYLE):
         ax = fig.add_subplot()

@@ -242,6 +242,19 @@ class ManifestSuite(Suite):
         return ScenesSource(scenes["seed"], n_images, SceneConfig(**scenes["config"]))
 
 
+def check_run_files(suite: Suite, config: dict, where) -> None:
+    """Raise CafeBenchError when ``suite``'s files (weights, SAEs, feature set, reference, images) differ from the
+    SHA-256s a run recorded in ``config["suite_files"]``, naming the first file that differs."""
+    expected = config.get("suite_files") or {}
+    actual = suite.hashes
+    differ = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
+    if expected and differ:
+        raise CafeBenchError(
+            f"{where}: suite {suite.name!r} here is not the build the run used ({differ[0]} differs); "
+            "use the suite the run was made with"
+        )
+
+
 def load_suite(name_or_path: str | Path = DEFAULT_SUITE, device: str = "cpu") -> Suite:
     """Load a built-in suite by name, a suite TOML file, or a suite directory (``suite.toml`` or ``suite.json``),
     checking every field and file before any work.

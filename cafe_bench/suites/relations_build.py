@@ -6,7 +6,8 @@ scenes: a feature is alive when it fires on at least ``min_images`` scenes and `
 ``n_candidates`` alive features are drawn with ``numpy.random.default_rng([seed, layer])``; each candidate's
 units are its ``n_images`` top scenes (ties: lower id) at the token of its peak (ties: lower patch index). Each
 candidate unit gets its non-locality score (:mod:`cafe_bench.locality`, with the suite's baseline); a feature is
-non-local when the mean score of its units exceeds the threshold. Then ``n_features`` features are drawn from
+non-local when the mean score of its units exceeds the threshold (a unit without a score, no positive effect at
+all, makes the mean undefined and the feature local). Then ``n_features`` features are drawn from
 the candidates, stratified: ``round(n_features * nonlocal_share)`` from the non-local ones (all of them if fewer)
 and the rest from the local ones (topped up from the other stratum if one runs short), each stratum in candidate
 order by a second seeded draw. The share of non-local units among all candidates, a random sample of alive
