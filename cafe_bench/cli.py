@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=None, help="directory for results.jsonl and run.json (default: none, results are only printed)"
     )
     run.add_argument("--resume", action="store_true", help="continue the run stored in --out, skipping finished work")
+    run.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="run only shard I of N (0 <= I < N; units split by a hash of their key) into OUT/shards/I-of-N; "
+        "join the finished shards with `cafe-bench merge OUT`",
+    )
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     val = sub.add_parser(
         "validate-attributor",
@@ -267,6 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--n-resamples", type=int, default=1000, help="bootstrap replicates (default: 1000)")
     val.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the sanity check (default: 0)")
     val.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    merge = sub.add_parser(
+        "merge",
+        help="join the finished shards of a run (cafe-bench run --shard I/N --out DIR) into DIR",
+        description="Check that every shard under DIR/shards/ is there, finished and of the same config, then write "
+        "DIR/results.jsonl (records in a canonical order), DIR/scores.npz and DIR/run.json (each shard's provenance "
+        "and timings under `shards`). Missing or unfinished shards are named (continue them with --resume).",
+    )
+    merge.add_argument("dir", metavar="DIR", help="the --out of the sharded run")
     rep = sub.add_parser(
         "report",
         help="one self-contained HTML page of a run: board, curves, validity, ERF maps",
@@ -306,10 +321,14 @@ def _cmd_run(args) -> int:
         resume=args.resume,
         progress=not args.no_progress,
         method_args=parse_method_args(args.method_args),
+        shard=args.shard,
     )
     print(render_markdown(summarize(records, seed=args.seed)), flush=True)
     if args.out:
-        print(f"results: {args.out}/results.jsonl, provenance: {args.out}/run.json", file=sys.stderr)
+        from cafe_bench.shards import parse_shard, shard_dir
+
+        where = shard_dir(args.out, *parse_shard(args.shard)) if args.shard else args.out
+        print(f"results: {where}/results.jsonl, provenance: {where}/run.json", file=sys.stderr)
     failures = failure_summary(records.to_dict("records"))
     if failures:
         print("cafe-bench: some records failed (exit 1); they are retried with --resume:", file=sys.stderr)
@@ -577,6 +596,14 @@ def _cmd_validity(args) -> int:
     return 0
 
 
+def _cmd_merge(args) -> int:
+    from cafe_bench.shards import merge_shards
+
+    out = merge_shards(args.dir)
+    print(f"merged: {out}/results.jsonl, provenance: {out}/run.json")
+    return 0
+
+
 def _cmd_report(args) -> int:
     from cafe_bench.report import write_report
     from cafe_bench.suites import load_suite
@@ -610,6 +637,7 @@ def main(argv=None) -> int:
         "sanity": _cmd_sanity,
         "validity": _cmd_validity,
         "report": _cmd_report,
+        "merge": _cmd_merge,
     }
     try:
         with warnings.catch_warnings():

@@ -179,6 +179,7 @@ def run(
     forward_batch: int = 512,
     progress: bool = True,
     method_args: dict | None = None,
+    shard=None,
 ):
     """Run methods x protocols on every unit of a suite and return the records as a pandas DataFrame.
 
@@ -198,6 +199,8 @@ def run(
         unit_batch: units attributed together (default 32); forward_batch: images per forward (default 512).
         progress: show a progress bar on stderr.
         method_args: ``{method: {parameter: value}}`` (default: every method's defaults); validated, recorded.
+        shard: ``"i/N"`` or (i, N): run only the units of shard i of N (:mod:`cafe_bench.shards`); with ``out``,
+            stored in ``out/shards/i-of-N`` for ``cafe-bench merge`` (default: the whole run).
     Returns:
         DataFrame, one row per unit x method x protocol (the stored records, finished ones included). Failed
         records are stored with status ``failed: ...``; see :func:`failure_summary`.
@@ -233,6 +236,13 @@ def run(
             suite.check_unit(unit)
         units = [u for u in units if u.layer in layers]
         config["units"] = [list(u.key()) for u in units]
+    if shard is not None:
+        from cafe_bench.shards import parse_shard, shard_dir, shard_of
+
+        index, count = parse_shard(shard)
+        units = [u for u in units if shard_of(u, count) == index]
+        config["shard"] = [index, count]
+        out = None if out is None else shard_dir(out, index, count)
     for layer in layers:
         suite.saes[layer]  # noqa: B018  (loads the run's SAEs now: a wrong width is refused before anything is written)
     if out is not None:

@@ -156,12 +156,15 @@ class RunConfig:
     """Method -> source and version; recorded, not part of the identity."""
     units: list | None = None
     """Explicit units (when not the suite's frozen feature set)."""
+    shard: list | None = None
+    """[i, n] when this run is shard i of n (``--shard``); merged runs have none."""
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        if out["units"] is None:
-            del out["units"]
+        for optional in ("units", "shard"):
+            if out[optional] is None:
+                del out[optional]
         return out
 
     @classmethod
