@@ -305,10 +305,11 @@ def _cmd_run(args) -> int:
     from cafe_bench.attributors.registry import parse_method_args
     from cafe_bench.leaderboard import render_markdown, summarize
     from cafe_bench.runner import failure_summary, run
+    from cafe_bench.shards import distributed_run, torchrun_rank
 
     if args.suite and args.suite_positional and args.suite != args.suite_positional:
         raise CafeBenchError(f"two suites given ({args.suite_positional} and --suite {args.suite}); give one")
-    records = run(
+    options = dict(
         suite=args.suite or args.suite_positional or DEFAULT_SUITE,
         methods=args.methods,
         protocols=args.protocols,
@@ -321,8 +322,17 @@ def _cmd_run(args) -> int:
         resume=args.resume,
         progress=not args.no_progress,
         method_args=parse_method_args(args.method_args),
-        shard=args.shard,
     )
+    if torchrun_rank() is not None:  # one of several processes started by torchrun
+        if args.shard:
+            raise CafeBenchError("--shard and torchrun both split the run; give one")
+        if not args.out:
+            raise CafeBenchError("a torchrun run needs --out: each rank stores its shard there")
+        records = distributed_run(**options)
+        if records is None:  # not rank 0: rank 0 merges and prints
+            return 0
+    else:
+        records = run(**options, shard=args.shard)
     print(render_markdown(summarize(records, seed=args.seed)), flush=True)
     if args.out:
         from cafe_bench.shards import parse_shard, shard_dir

@@ -137,3 +137,46 @@ def merge_shards(out_dir) -> Path:
         },
     )
     return out_dir
+
+
+def torchrun_rank() -> tuple[int, int] | None:
+    """(rank, world size) when this process is one of several started by ``torchrun`` (its ``RANK`` and
+    ``WORLD_SIZE``), else None."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ["RANK"]), world) if world > 1 and "RANK" in os.environ else None
+
+
+def distributed_run(out, device: str = "cpu", **run_kwargs):
+    """One rank of a ``torchrun`` run: initialise torch.distributed (NCCL on CUDA, gloo on CPU), run this rank's
+    shard into ``out/shards/RANK-of-WORLD`` (``run_kwargs`` as for :func:`cafe_bench.run`, ``resume`` included),
+    wait for every rank, and on rank 0 merge the shards into ``out``. Returns the merged records on rank 0 and
+    None on the others. A killed rank stops the job (torchrun's default); the same command with ``resume=True``
+    does only what is missing."""
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    from cafe_bench.results import read_run
+    from cafe_bench.runner import _resolve_device, run
+
+    rank, world = torchrun_rank()
+    device = _resolve_device(device)
+    if device.startswith("cuda"):
+        import os
+
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", timeout=timedelta(hours=6))
+    try:
+        run(out=out, device=device, shard=(rank, world), **run_kwargs)
+        dist.barrier()
+        if rank != 0:
+            return None
+        merge_shards(out)
+        return read_run(out)[0]
+    finally:
+        dist.destroy_process_group()

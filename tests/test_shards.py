@@ -115,3 +115,58 @@ def test_cli_shard_option(tmp_path, capsys):
     assert f"{shard_dir(out, 0, 1)}/results.jsonl" in capsys.readouterr().err
     assert main(["merge", str(out)]) == 0
     assert len(read_run(out)[0]) == 32 * 2
+
+
+def _pid_of_rank(tag: str, rank: int) -> int | None:
+    """The process started by torchrun for ``rank`` of the job whose environment carries ``tag`` (Linux /proc)."""
+    from pathlib import Path
+
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"CAFE_BENCH_TEST_TAG={tag}".encode() in env and f"RANK={rank}".encode() in env:
+            if b"TORCHELASTIC_RUN_ID" in b"\0".join(env) and f"LOCAL_RANK={rank}".encode() in env:
+                return int(entry.name)
+    return None
+
+
+def test_a_torchrun_job_with_a_killed_rank_resumes_to_the_uninterrupted_result(tmp_path, suite):
+    """Two gloo ranks on the CPU; rank 1 is killed after its first stored batch; the same command with --resume
+    finishes, and the merged records equal a single-process run's: nothing lost, nothing counted twice."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    methods = ["activation", "random", "smoothgrad", "kernel_shap"]
+    out, tag = tmp_path / "torchrun", uuid.uuid4().hex
+    env = {**os.environ, "CAFE_BENCH_TEST_TAG": tag, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "cafe_bench", "run", "tiny"]
+    cmd += ["--methods", ",".join(methods), "--layers", "1,3", "--out", str(out), "--no-progress"]
+    job = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    shard1 = shard_dir(out, 1, 2) / "results.jsonl"
+    deadline = time.monotonic() + 240
+    while not (shard1.is_file() and shard1.read_bytes().count(b"\n") >= 1):
+        assert job.poll() is None, job.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "rank 1 stored nothing in time"
+        time.sleep(0.05)
+    pid = _pid_of_rank(tag, 1)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    assert job.wait(timeout=120) != 0
+    assert json.loads((shard_dir(out, 1, 2) / "run.json").read_text())["status"] == "running"  # really cut short
+    assert not (out / "results.jsonl").exists()
+    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    merged = {record_key(r): r for r in read_run(out)[0].to_dict("records")}
+    single = cafe_bench.run(suite, methods=methods, layers=[1, 3], progress=False)
+    assert set(merged) == {record_key(r) for r in single.to_dict("records")}
+    assert len(read_run(out)[0]) == len(single)
+    for rec in single.to_dict("records"):
+        assert merged[record_key(rec)]["auc"] == pytest.approx(rec["auc"], abs=1e-5)
