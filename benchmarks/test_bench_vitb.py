@@ -1,0 +1,111 @@
+"""The curve engine at a realistic model size: open_clip ViT-B-32 (random weights), an SAE at block 6, 224 px,
+8 images x 50 deletion curve points. Two ratios in one session, with the curves' agreement asserted:
+
+- engine vs naive: the naive reference runs the whole model, one forward pass per step and image (batch 1), as a
+  toolkit that treats the model as a black box does;
+- engine vs the pure truncated forward of the same perturbed images at the engine's batch size: what is left
+  above the limit (composing images, reading the feature).
+
+    pytest benchmarks/test_bench_vitb.py --benchmark-enable --benchmark-only --benchmark-json FILE
+"""
+
+import pytest
+import torch
+
+from cafe_bench.models import load_backbone
+from cafe_bench.protocols.baselines import make_baseline
+from cafe_bench.protocols.engine import compose, run_curves, step_counts, step_masks
+from cafe_bench.sae import build_sae
+from cafe_bench.target import Target, Unit
+
+LAYER, STEPS, N_IMAGES = 6, 49, 8  # 7 x 7 = 49 patches: one per step, 50 curve points
+_TIMES = {}
+
+
+def _ratio(benchmark, group, key, reference):
+    """Record the median; once both are timed, store reference / engine and engine / reference on the second."""
+    _TIMES[(group, key)] = benchmark.stats.stats.median
+    if (group, reference) in _TIMES and (group, "engine") in _TIMES:
+        ratio = _TIMES[(group, reference)] / _TIMES[(group, "engine")]
+        benchmark.extra_info[f"{reference}_over_engine"] = round(ratio, 3)
+        benchmark.extra_info[f"engine_over_{reference}"] = round(1 / ratio, 3)
+        print(f"\n{group}: {reference} / engine = {ratio:.2f}")
+
+
+@pytest.fixture(scope="module")
+def case():
+    torch.manual_seed(0)
+    backbone = load_backbone("open_clip:ViT-B-32", pretrained="none").eval()
+    d = backbone.width
+    sae = build_sae({"kind": "matryoshka_batchtopk", "d_in": d, "d_sae": 4 * d, "k": 32, "group_sizes": [d, 4 * d]})
+    images = torch.rand(N_IMAGES, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # each image's unit: its strongest feature at its strongest token
+        codes = sae.encode(backbone.residuals(images, [LAYER])[LAYER][:, backbone.n_prefix_tokens :])
+    units = []
+    for i in range(N_IMAGES):
+        token, feature = divmod(int(codes[i].argmax()), codes.shape[-1])
+        units.append(Unit(LAYER, feature, i, token))
+    baseline = make_baseline("blur", images)
+    target = Target(backbone, {LAYER: sae}, units, images, baseline, [0] * N_IMAGES, baseline_name="blur")
+    scores = torch.rand(N_IMAGES, *backbone.grid, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ends = (target.forward(target.baseline), target.clean)
+    return target, scores, ends
+
+
+def _naive(target, scores):
+    """One full-model forward pass per step and image: the whole tower runs, z_k read at block 6."""
+    b = len(target)
+    counts = step_counts(target.n_patches, STEPS)
+    masks = step_masks(scores.reshape(b, -1), counts)
+    out = torch.empty(b, STEPS + 1)
+    last = target.backbone.n_blocks - 1
+    with torch.no_grad():
+        for u in range(b):
+            for i in range(STEPS + 1):
+                image = compose(target.images, target.baseline, masks[u, i][None], torch.tensor([u]), "deletion",
+                                target.grid, target.patch_size)  # fmt: skip
+                res = target.backbone.residuals(image, [LAYER, last])  # runs to the last block
+                h = res[LAYER][:, target.backbone.n_prefix_tokens + target.units[u].token]
+                out[u, i] = target.saes[LAYER].encode_feature(h, torch.tensor([target.units[u].feature]))[0]
+    return out
+
+
+@pytest.mark.benchmark(group="ViT-B-32, block 6, 8 images x 50 deletion curve points: engine vs naive")
+@pytest.mark.parametrize("kind", ["naive", "engine"])
+def test_engine_vs_naive(benchmark, case, kind):
+    target, scores, ends = case
+    if kind == "naive":
+        acts = benchmark.pedantic(_naive, args=(target, scores), rounds=1, iterations=1)
+        _TIMES["naive_curves"] = acts
+    else:
+        curves = benchmark.pedantic(
+            run_curves, args=(target, scores, "deletion", STEPS, 512, ends), rounds=2, iterations=1
+        )
+        acts = torch.from_numpy(curves.activations)
+        if "naive_curves" in _TIMES:  # the same curves
+            torch.testing.assert_close(acts.float(), _TIMES["naive_curves"].float(), atol=1e-4, rtol=1e-4)
+    _ratio(benchmark, "vitb", kind, "naive")
+
+
+@pytest.mark.benchmark(group="ViT-B-32, block 6, 8 images x 50 deletion curve points: engine vs pure forward")
+@pytest.mark.parametrize("kind", ["pure_forward", "engine"])
+def test_engine_vs_pure_forward(benchmark, case, kind):
+    target, scores, ends = case
+    b = len(target)
+    counts = step_counts(target.n_patches, STEPS)
+    todo = [i for i, c in enumerate(counts) if 0 < c < target.n_patches]
+    masks = step_masks(scores.reshape(b, -1), counts)[:, todo].reshape(-1, target.n_patches)
+    unit_idx = torch.arange(b).repeat_interleave(len(todo))
+    images = compose(target.images, target.baseline, masks, unit_idx, "deletion", target.grid, target.patch_size)
+
+    def pure():
+        with torch.no_grad():
+            for lo in range(0, len(images), 512):
+                target.backbone.residuals(images[lo : lo + 512], [LAYER])
+
+    if kind == "pure_forward":
+        benchmark.pedantic(pure, rounds=2, iterations=1)
+    else:
+        benchmark.pedantic(run_curves, args=(target, scores, "deletion", STEPS, 512, ends), rounds=2, iterations=1)
+    _ratio(benchmark, "pure", kind, "pure_forward")
