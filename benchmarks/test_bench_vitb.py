@@ -109,3 +109,42 @@ def test_engine_vs_pure_forward(benchmark, case, kind):
     else:
         benchmark.pedantic(run_curves, args=(target, scores, "deletion", STEPS, 512, ends), rounds=2, iterations=1)
     _ratio(benchmark, "pure", kind, "pure_forward")
+
+
+@pytest.fixture(scope="module")
+def shared_image_case(case):
+    """16 features of the SAE at one image and token of ViT-B-32: the features that fire most there."""
+    target, _, _ = case
+    unit = target.units[0]
+    with torch.no_grad():
+        res = target.backbone.residuals(target.images[:1], [LAYER])[LAYER]
+        codes = target.saes[LAYER].encode(res[:, target.backbone.n_prefix_tokens + unit.token])[0]
+    features = codes.argsort(descending=True)[:16].tolist()
+    units = [Unit(LAYER, f, 0, unit.token) for f in features]
+    images = target.images[:1].expand(16, -1, -1, -1).contiguous()
+    base = target.baseline[:1].expand(16, -1, -1, -1).contiguous()
+    return target, units, images, base
+
+
+@pytest.mark.benchmark(group="ViT-B-32, 16 features on one image: gradient and grad x input, batched vs one by one")
+@pytest.mark.parametrize("method", ["gradient", "grad_x_input"])
+@pytest.mark.parametrize("kind", ["one_by_one", "engine"])
+def test_many_features_on_one_image(benchmark, shared_image_case, method, kind):
+    from cafe_bench.attributors.registry import get_attributor
+
+    target, units, images, base = shared_image_case
+    attributor = get_attributor(method)
+
+    def make(idx):
+        return Target(target.backbone, target.saes, [units[i] for i in idx], images[idx], base[idx], [0] * len(idx))
+
+    if kind == "one_by_one":  # a forward and a backward pass per feature
+        maps = benchmark.pedantic(
+            lambda: torch.cat([attributor.scores(make([i])) for i in range(16)]), rounds=2, iterations=1
+        )
+        _TIMES[(method, "maps")] = maps
+    else:
+        maps = benchmark.pedantic(lambda: attributor.scores(make(list(range(16)))), rounds=2, iterations=1)
+        if (method, "maps") in _TIMES:
+            torch.testing.assert_close(maps, _TIMES[(method, "maps")], atol=1e-5, rtol=1e-4)
+    _ratio(benchmark, f"shared-{method}", kind, "one_by_one")
