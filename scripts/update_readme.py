@@ -16,6 +16,7 @@ figure in them comes from a file in the repository:
   ``benchmarks/results/baselines_relations.json``;
 - ``speed``: the engine's speed-ups, from ``benchmarks/results/bench_engine.json`` (``tox -e bench``);
 - ``vitb``: the engine at ViT-B-32 size, from ``benchmarks/results/bench_vitb.json``;
+- ``paper_scale``: the cost of the paper's setting, from ``benchmarks/results/paper_scale.json``;
 - ``gate``: rerun noise and what the regression gate detects, from ``benchmarks/results/tolerance.json`` and
   ``benchmarks/results/gate_thresholds.json``;
 - ``photos_saes``, ``photos_board``, ``photos_finding``: the photos suite's SAEs, board and paired comparison
@@ -398,6 +399,26 @@ def vitb() -> str:
     return "\n\n".join(lines) + "\n"
 
 
+def paper_scale() -> str:
+    doc = _json(RESULTS / "paper_scale.json")
+    w, f, p = doc["workload"], doc["flops"], doc["forward_passes"]
+    cpu, gpu = doc["cpu"], doc["gpu"]
+    rates = ", ".join(f"{v:.2f} images/s to block {k}" for k, v in cpu["measured_images_per_s"].items())
+    return (
+        f"**Paper scale** (`python scripts/estimate_paper_scale.py`, `benchmarks/results/paper_scale.json`, "
+        f"{doc['provenance']['date'][:10]}): {w['layers']} layers × {w['features_per_layer']} features × "
+        f"{w['images_per_feature']} images × {len(w['methods'])} methods × {w['protocols']} protocols on CLIP "
+        f"ViT-L/14 at 224 px with {w['steps']} steps is {p['total']:.3g} forward passes to the SAE's block "
+        f"({p['attribution']:.3g} for the attributions, a backward pass counted as two, and {p['curves']:.3g} for "
+        f"the curves), {f['total']:.3g} FLOPs ({f['per_forward_mean'] / 1e9:.0f} GFLOPs per pass on average over the "
+        f"layers). Measured on this CPU ({doc['provenance']['torch_threads']} torch threads, batch {cpu['batch']}): "
+        f"{rates}, {cpu['sustained_gflops']:.0f} GFLOP/s sustained, so **{cpu['hours']:,.0f} CPU-hours**. No GPU "
+        f"was measured: at an assumed sustained {gpu['assumed_tflops']:.0f} TFLOP/s it would be **"
+        f"{gpu['hours']:.1f} GPU-hours** (an assumption, not a measurement). A batch of 512 images holds about "
+        f"{doc['memory_per_batch_of_512_gib']:.1f} GiB of activations at once in fp32 inference.\n"
+    )
+
+
 def _seconds(value: float) -> str:
     return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
 
@@ -623,6 +644,7 @@ SECTIONS = {
     "completeness": completeness,
     "speed": speed,
     "vitb": vitb,
+    "paper_scale": paper_scale,
     "photos_saes": photos_saes,
     "photos_board": photos_board,
     "photos_finding": photos_finding,
