@@ -17,6 +17,7 @@ figure in them comes from a file in the repository:
 - ``speed``: the engine's speed-ups, from ``benchmarks/results/bench_engine.json`` (``tox -e bench``);
 - ``vitb``: the engine at ViT-B-32 size, from ``benchmarks/results/bench_vitb.json``;
 - ``paper_scale``: the cost of the paper's setting, from ``benchmarks/results/paper_scale.json``;
+- ``method_costs``: each method's attribution cost per unit, from ``benchmarks/results/method_costs.json``;
 - ``gate``: rerun noise and what the regression gate detects, from ``benchmarks/results/tolerance.json`` and
   ``benchmarks/results/gate_thresholds.json``;
 - ``photos_saes``, ``photos_board``, ``photos_finding``: the photos suite's SAEs, board and paired comparison
@@ -419,6 +420,30 @@ def paper_scale() -> str:
     )
 
 
+def method_costs() -> str:
+    doc = _json(RESULTS / "method_costs.json")
+    rel, vit = doc["relations"], doc["vit_b_32"]
+    lines = [
+        "| method | relations: ms per unit | × one forward pass | ViT-B-32: ms per unit | × one forward pass |",
+        "|---|---|---|---|---|",
+    ]
+    for method in rel["methods"]:
+        a, b = rel["methods"][method], vit["methods"][method]
+        lines.append(
+            f"| {method} | {a['seconds_per_unit'] * 1000:.1f} | {a['forward_passes']:.1f} | "
+            f"{b['seconds_per_unit'] * 1000:.0f} | {b['forward_passes']:.1f} |"
+        )
+    prov = doc["provenance"]
+    lines.append(
+        f"\n(Attribution only, no curves; {rel['n_units']} units of block {rel['layer']} of `relations` and "
+        f"{vit['n_units']} units at block {vit['layer']} of ViT-B-32 with random weights at 224 px; one batched "
+        f"forward pass of the same units costs {rel['forward_pass_seconds_per_unit'] * 1000:.2f} ms and "
+        f"{vit['forward_pass_seconds_per_unit'] * 1000:.1f} ms per unit; {prov['torch_threads']} torch threads, "
+        f"{prov['date'][:10]}; `python scripts/measure_method_costs.py`, `benchmarks/results/method_costs.json`.)"
+    )
+    return "\n".join(lines) + "\n"
+
+
 def _seconds(value: float) -> str:
     return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
 
@@ -645,6 +670,7 @@ SECTIONS = {
     "speed": speed,
     "vitb": vitb,
     "paper_scale": paper_scale,
+    "method_costs": method_costs,
     "photos_saes": photos_saes,
     "photos_board": photos_board,
     "photos_finding": photos_finding,
