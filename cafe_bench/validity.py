@@ -125,16 +125,17 @@ def _gt_agreement(suite, ok: pd.DataFrame, scores: dict, ref: dict) -> tuple[dic
     tau is defined (a constant map has none), so that all methods are averaged over the same units."""
     from cafe_bench.shapley import agreement
 
-    patch = int(suite.backbone.patch_size)
     taus: dict[str, dict] = {}
     for _, row in ok.drop_duplicates(["method", *UNIT_FIELDS]).iterrows():
         entry, key = ref.get(_key(row)), row["scores_key"]
         if entry is not None and key in scores:
             players = suite.players(row["image_id"])
-            tau = agreement(scores[key], players, np.asarray(entry["shapley"]), patch)
+            tau = agreement(scores[key], players, np.asarray(entry["shapley"]), int(suite.backbone.patch_size))
             taus.setdefault(row["method"], {})[_key(row)] = tau
+    if not taus:
+        return {}, 0
     common = set.intersection(*(set(k for k, t in per.items() if not np.isnan(t)) for per in taus.values()))
-    if not taus or not common:
+    if not common:
         return {m: None for m in taus}, 0
     return {m: float(np.mean([per[k] for k in common])) for m, per in taus.items()}, len(common)
 

@@ -150,3 +150,15 @@ def test_cli_prints_an_undefined_precision_instead_of_crashing(tiny_run, tmp_pat
     run = _copy_run(tiny_run[0], tmp_path / "run")
     assert main(["validity", str(run)]) == 0
     assert "precision undefined, recall 0.00" in capsys.readouterr().out
+
+
+def test_ground_truth_agreement_without_stored_maps_is_empty_not_a_crash():
+    """A run whose scores are gone (or whose units the reference lacks) has no agreement to report."""
+    import pandas as pd
+
+    from cafe_bench.validity import _gt_agreement
+
+    ok = pd.DataFrame(
+        [{"method": "gradient", "layer": 1, "feature": 2, "image_id": 3, "token": 4, "scores_key": "missing"}]
+    )
+    assert _gt_agreement(None, ok, scores={}, ref={}) == ({}, 0)
