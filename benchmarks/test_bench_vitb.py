@@ -12,10 +12,8 @@
 import pytest
 import torch
 
-from cafe_bench.models import load_backbone
-from cafe_bench.protocols.baselines import make_baseline
 from cafe_bench.protocols.engine import compose, run_curves, step_counts, step_masks
-from cafe_bench.sae import build_sae
+from cafe_bench.synthetic import random_vit_target
 from cafe_bench.target import Target, Unit
 
 LAYER, STEPS, N_IMAGES = 6, 49, 8  # 7 x 7 = 49 patches: one per step, 50 curve points
@@ -34,20 +32,8 @@ def _ratio(benchmark, group, key, reference):
 
 @pytest.fixture(scope="module")
 def case():
-    torch.manual_seed(0)
-    backbone = load_backbone("open_clip:ViT-B-32", pretrained="none").eval()
-    d = backbone.width
-    sae = build_sae({"kind": "matryoshka_batchtopk", "d_in": d, "d_sae": 4 * d, "k": 32, "group_sizes": [d, 4 * d]})
-    images = torch.rand(N_IMAGES, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():  # each image's unit: its strongest feature at its strongest token
-        codes = sae.encode(backbone.residuals(images, [LAYER])[LAYER][:, backbone.n_prefix_tokens :])
-    units = []
-    for i in range(N_IMAGES):
-        token, feature = divmod(int(codes[i].argmax()), codes.shape[-1])
-        units.append(Unit(LAYER, feature, i, token))
-    baseline = make_baseline("blur", images)
-    target = Target(backbone, {LAYER: sae}, units, images, baseline, [0] * N_IMAGES, baseline_name="blur")
-    scores = torch.rand(N_IMAGES, *backbone.grid, generator=torch.Generator().manual_seed(2))
+    target = random_vit_target("open_clip:ViT-B-32", LAYER, N_IMAGES)
+    scores = torch.rand(N_IMAGES, *target.grid, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ends = (target.forward(target.baseline), target.clean)
     return target, scores, ends

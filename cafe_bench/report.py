@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import re
 from pathlib import Path
@@ -27,7 +26,7 @@ from cafe_bench.files import write_text_atomic
 from cafe_bench.leaderboard import render, summarize
 from cafe_bench.results import read_run
 from cafe_bench.schema import UNIT_FIELDS
-from cafe_bench.validity import VALIDITY_FILE
+from cafe_bench.validity import VALIDITY_FILE, read_validity
 
 _CSS = (
     "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
@@ -40,18 +39,10 @@ _CSS = (
 
 
 def _load_validity(run_dir: Path, config: dict) -> dict:
-    path = run_dir / VALIDITY_FILE
-    if not path.is_file():
-        raise CafeBenchError(f"{path}: no such file; run `cafe-bench validity {run_dir}` first")
-    try:
-        doc = json.loads(path.read_text())
-    except ValueError:
-        raise CafeBenchError(f"{path}: not valid JSON; rerun `cafe-bench validity {run_dir}`") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("layers"), dict):
-        raise CafeBenchError(f"{path}: lacks the per-layer entries; rerun `cafe-bench validity {run_dir}`")
+    doc = read_validity(run_dir)
     if doc.get("suite") != config.get("suite"):
         raise CafeBenchError(
-            f"{path} is of suite {doc.get('suite')!r}, the run of {config.get('suite')!r}; "
+            f"{run_dir / VALIDITY_FILE} is of suite {doc.get('suite')!r}, the run of {config.get('suite')!r}; "
             f"rerun `cafe-bench validity {run_dir}`"
         )
     return doc

@@ -41,11 +41,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from cafe_bench.files import write_json_atomic
-from cafe_bench.models.base import Backbone
 from cafe_bench.provenance import machine_facts
+from cafe_bench.synthetic import PatchMeanBackbone
 
 MIB = 2**20
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "featureset_memory.json"
@@ -148,25 +147,6 @@ def measured_build(backbone, saes, source, rules, batch_size: int) -> dict:
         "layers": doc["layers"],
         "torch_threads": torch.get_num_threads(),
     }
-
-
-class PatchMeanBackbone(Backbone):
-    """Residual of patch p = (mean R, mean G, mean B, 1) of the patch, after a zero CLS token; identity blocks."""
-
-    def __init__(self, patch_size: int, grid: tuple[int, int], n_blocks: int = 1):
-        super().__init__()
-        self.patch_size, self.grid, self.n_blocks = patch_size, grid, n_blocks
-        self.width, self.n_prefix_tokens = 4, 1
-        self._blocks = nn.ModuleList([nn.Identity() for _ in range(n_blocks)])
-
-    @property
-    def blocks(self):
-        return self._blocks
-
-    def embed(self, images_b3hw):
-        means = nn.functional.avg_pool2d(images_b3hw, self.patch_size).flatten(2).transpose(1, 2)  # (B, P, 3)
-        tokens = torch.cat([means, torch.ones_like(means[..., :1])], dim=-1)  # (B, P, 4)
-        return torch.cat([torch.zeros_like(tokens[:, :1]), tokens], dim=1)  # (B, 1 + P, 4)
 
 
 def random_image_source(n_images: int, side: int):

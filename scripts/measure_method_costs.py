@@ -18,13 +18,10 @@ import torch
 
 from cafe_bench.attributors.registry import get_attributor
 from cafe_bench.files import write_json_atomic
-from cafe_bench.models import load_backbone
-from cafe_bench.protocols.baselines import make_baseline
 from cafe_bench.provenance import collect
 from cafe_bench.runner import DEFAULT_METHODS
-from cafe_bench.sae import build_sae
 from cafe_bench.suites import load_suite
-from cafe_bench.target import Target, Unit
+from cafe_bench.synthetic import random_vit_target
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
@@ -55,22 +52,6 @@ def costs(target) -> dict:
     return {"forward_pass_seconds_per_unit": reference / len(target), "methods": out}
 
 
-def vitb_target(n_units: int):
-    torch.manual_seed(0)
-    backbone = load_backbone("open_clip:ViT-B-32", pretrained="none").eval()
-    d, layer = backbone.width, 6
-    sae = build_sae({"kind": "matryoshka_batchtopk", "d_in": d, "d_sae": 4 * d, "k": 32, "group_sizes": [d, 4 * d]})
-    images = torch.rand(n_units, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        codes = sae.encode(backbone.residuals(images, [layer])[layer][:, backbone.n_prefix_tokens :])
-    units = []
-    for i in range(n_units):
-        token, feature = divmod(int(codes[i].argmax()), codes.shape[-1])
-        units.append(Unit(layer, feature, i, token))
-    baseline = make_baseline("blur", images)
-    return Target(backbone, {layer: sae}, units, images, baseline, list(range(n_units)), baseline_name="blur")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--units", type=int, default=8, help="units per setting (default: 8)")
@@ -84,7 +65,11 @@ def main() -> None:
     doc = {
         "what": __doc__.split("\n\n")[1].replace("\n", " "),
         "relations": {"layer": deepest, "n_units": len(relations), **costs(relations)},
-        "vit_b_32": {"layer": 6, "n_units": args.units, **costs(vitb_target(args.units))},
+        "vit_b_32": {
+            "layer": 6,
+            "n_units": args.units,
+            **costs(random_vit_target("open_clip:ViT-B-32", 6, args.units)),
+        },
         "wall_s": 0.0,
         "provenance": collect("cpu"),
     }

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 from cafe_bench.errors import CafeBenchError, ChecksumError
 from cafe_bench.featuresets.builder import read_feature_set
@@ -29,9 +28,9 @@ from cafe_bench.featuresets.stream import (
     feature_set_sha256,
 )
 from cafe_bench.images import FolderSource, ImageSource
-from cafe_bench.models.base import Backbone
 from cafe_bench.sae import load_sae
 from cafe_bench.sae.formats.saelens import SAELensSAE
+from cafe_bench.synthetic import PatchMeanBackbone
 
 MODEL = "open_clip:ViT-B-32"
 SMALL = {"force_image_size": 96}
@@ -149,27 +148,6 @@ def test_stream_equals_all_codes_in_memory(vit, tmp_path, band):
 # -- exact ties, on a backbone whose arithmetic is exact ------------------------------------------------------
 
 
-class TinyBackbone(Backbone):
-    """Residual of patch p = (mean R, mean G, mean B, 1) of the patch, after a CLS token; identity blocks."""
-
-    def __init__(self, patch_size: int = 4, grid: tuple[int, int] = (2, 2), n_blocks: int = 1):
-        super().__init__()
-        self.patch_size, self.grid, self.n_blocks = patch_size, grid, n_blocks
-        self.width, self.n_prefix_tokens = 4, 1
-        self._blocks = nn.ModuleList([nn.Identity() for _ in range(n_blocks)])
-
-    @property
-    def blocks(self):
-        return self._blocks
-
-    def embed(self, images_b3hw):
-        s = self.patch_size
-        means = nn.functional.avg_pool2d(images_b3hw, s).flatten(2).transpose(1, 2)  # (B, P, 3)
-        ones = torch.ones_like(means[..., :1])
-        tokens = torch.cat([means, ones], dim=-1)  # (B, P, 4)
-        return torch.cat([torch.zeros_like(tokens[:, :1]), tokens], dim=1)  # (B, 1 + P, 4)
-
-
 class ArraySource(ImageSource):
     """Images made by ``make(i)`` for ids 0..n-1 (never stored together)."""
 
@@ -216,7 +194,7 @@ def tie_images(i: int) -> np.ndarray:
 def test_ties_go_to_the_earlier_image_and_the_lower_patch(batch_size):
     rules = SelectionRules(per_layer=2, images_per_feature=2, min_images=2, max_frequency=1.0)
     doc = build_feature_set_stream(
-        TinyBackbone(), {0: channel_sae()}, ArraySource(4, tie_images), rules, batch_size, progress=False
+        PatchMeanBackbone(), {0: channel_sae()}, ArraySource(4, tie_images), rules, batch_size, progress=False
     )
     got = [(u["feature"], u["image_id"], u["token"]) for u in doc["units"]]
     # red peaks 0.375 on images 0, 2 and 3: the earlier two win; green: image 3 (patches 1, 2 tie -> 1) and image 1
@@ -236,7 +214,7 @@ def test_many_ties_match_the_rule_applied_by_hand(batch_size):
     sae.b_enc.data = torch.tensor([-0.125, -0.375, -0.625, -0.875]).repeat(3)
     source = ArraySource(11, blocky_images)
     rules = SelectionRules(per_layer=6, images_per_feature=3, seed=3, max_frequency=1.0)
-    doc = build_feature_set_stream(TinyBackbone(), {0: sae}, source, rules, batch_size, progress=False)
+    doc = build_feature_set_stream(PatchMeanBackbone(), {0: sae}, source, rules, batch_size, progress=False)
     patches = torch.from_numpy(np.stack([blocky_images(i) for i in range(11)]))
     means = patches.unfold(2, 4, 4).unfold(3, 4, 4).mean(dim=(-1, -2)).flatten(2).transpose(1, 2)  # (N, P, 3)
     codes = torch.relu(means[..., torch.arange(12) % 3] + sae.b_enc.detach()).numpy()  # (N, P, 12)
@@ -247,11 +225,13 @@ def test_many_ties_match_the_rule_applied_by_hand(batch_size):
 def test_too_few_alive_features_names_the_count():
     rules = SelectionRules(per_layer=3, images_per_feature=2, max_frequency=1.0)
     with pytest.raises(FeatureSetError, match=r"layer 0: only 2 features .* 3 needed.*--per-layer") as info:
-        build_feature_set_stream(TinyBackbone(), {0: channel_sae()}, ArraySource(4, tie_images), rules, progress=False)
+        build_feature_set_stream(
+            PatchMeanBackbone(), {0: channel_sae()}, ArraySource(4, tie_images), rules, progress=False
+        )
     assert "\n" not in str(info.value)
     with pytest.raises(FeatureSetError, match="holds 4 images but a feature must peak > 0 on at least 5"):
         build_feature_set_stream(
-            TinyBackbone(), {0: channel_sae()}, ArraySource(4, tie_images), SelectionRules(min_images=5)
+            PatchMeanBackbone(), {0: channel_sae()}, ArraySource(4, tie_images), SelectionRules(min_images=5)
         )
 
 
@@ -348,7 +328,8 @@ MEMORY_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {tests!r})
 import numpy as np
-from test_featureset_stream import ArraySource, TinyBackbone
+from test_featureset_stream import ArraySource
+from cafe_bench.synthetic import PatchMeanBackbone
 from cafe_bench.featuresets.stream import SelectionRules, build_feature_set_stream
 from cafe_bench.sae.formats.saelens import SAELensSAE
 
@@ -357,7 +338,7 @@ g = torch.Generator().manual_seed(0)
 tensors = {{"W_enc": torch.randn(4, d_sae, generator=g), "b_enc": torch.linspace(-2.0, 0.0, d_sae),
             "W_dec": torch.randn(d_sae, 4, generator=g), "b_dec": torch.zeros(4)}}
 sae = SAELensSAE("standard", tensors)
-backbone = TinyBackbone(patch_size=4, grid=(4, 4))
+backbone = PatchMeanBackbone(patch_size=4, grid=(4, 4))
 source = ArraySource(n_images, lambda i: np.random.default_rng(i).random((3, 16, 16), dtype=np.float32))
 rules = SelectionRules(per_layer=8, images_per_feature=4)
 def peak():  # VmHWM, not ru_maxrss: after exec, ru_maxrss keeps the forking parent's peak
