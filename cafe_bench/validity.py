@@ -126,11 +126,14 @@ def _gt_agreement(suite, ok: pd.DataFrame, scores: dict, ref: dict) -> tuple[dic
     from cafe_bench.shapley import agreement
 
     taus: dict[str, dict] = {}
+    players: dict = {}  # object masks of each image, drawn once for all methods
     for _, row in ok.drop_duplicates(["method", *UNIT_FIELDS]).iterrows():
         entry, key = ref.get(_key(row)), row["scores_key"]
         if entry is not None and key in scores:
-            players = suite.players(row["image_id"])
-            tau = agreement(scores[key], players, np.asarray(entry["shapley"]), int(suite.backbone.patch_size))
+            if row["image_id"] not in players:
+                players[row["image_id"]] = suite.players(row["image_id"])
+            masks = players[row["image_id"]]
+            tau = agreement(scores[key], masks, np.asarray(entry["shapley"]), int(suite.backbone.patch_size))
             taus.setdefault(row["method"], {})[_key(row)] = tau
     if not taus:
         return {}, 0

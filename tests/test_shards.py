@@ -170,3 +170,14 @@ def test_a_torchrun_job_with_a_killed_rank_resumes_to_the_uninterrupted_result(t
     assert len(read_run(out)[0]) == len(single)
     for rec in single.to_dict("records"):
         assert merged[record_key(rec)]["auc"] == pytest.approx(rec["auc"], abs=1e-5)
+
+
+def test_a_torchrun_rank_refuses_a_second_split_or_no_out(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    argv = ["run", "tiny", "--methods", "activation", "--layers", "1", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "a"), "--shard", "0/2"]) == 2
+    assert "--shard and torchrun both split the run" in capsys.readouterr().err
+    assert main(argv) == 2
+    assert "a torchrun run needs --out" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -95,6 +95,10 @@ def test_stratify_locality_splits_the_board_and_needs_validity(tiny_run, tmp_pat
     assert "run `cafe-bench validity" in capsys.readouterr().err
     assert main(["leaderboard", str(out), "--stratify", "object"]) == 2
     assert "valid: locality" in capsys.readouterr().err
+    assert main(["leaderboard", str(out), "--stratify", "locality", "--format", "csv"]) == 2
+    assert "valid --format: md, got csv" in capsys.readouterr().err
+    assert main(["leaderboard", str(out), "--stratify", "locality", "--save", str(tmp_path / "saved")]) == 2
+    assert "cannot be combined" in capsys.readouterr().err and not list(tmp_path.glob("saved*"))
 
 
 def _copy_run(src, dst):
