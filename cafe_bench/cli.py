@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run only shard I of N (0 <= I < N; units split by a hash of their key) into OUT/shards/I-of-N; "
         "join the finished shards with `cafe-bench merge OUT`",
     )
+    run.add_argument(
+        "--max-memory",
+        default=None,
+        metavar="SIZE",
+        help="memory one forward pass of perturbed images may take, e.g. 2GB or 512MiB; it sets the batch size "
+        "(default: on CUDA 80%% of the free memory; on CPU 64MiB, cache-sized batches being the fastest there)",
+    )
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     val = sub.add_parser(
         "validate-attributor",
@@ -322,6 +329,7 @@ def _cmd_run(args) -> int:
         resume=args.resume,
         progress=not args.no_progress,
         method_args=parse_method_args(args.method_args),
+        max_memory=args.max_memory,
     )
     if torchrun_rank() is not None:  # one of several processes started by torchrun
         if args.shard:

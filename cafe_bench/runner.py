@@ -14,8 +14,9 @@ from tqdm.auto import tqdm
 from cafe_bench.attributors.base import AttributorError
 from cafe_bench.attributors.registry import attributor_source, attributor_version, get_attributor
 from cafe_bench.errors import CafeBenchError, RunConfigError, UnknownNameError
+from cafe_bench.memory import default_budget, parse_memory
 from cafe_bench.protocols.baselines import check_baseline
-from cafe_bench.protocols.engine import check_steps, normalised, run_curves
+from cafe_bench.protocols.engine import check_steps, mixes_tokens, normalised, run_curves
 from cafe_bench.protocols.registry import DEFAULT_PROTOCOLS, get_protocol
 from cafe_bench.schema import DEAD, UNIT_FIELDS, Record, RunConfig, record_key, scores_key, status_kind
 from cafe_bench.stats import auc
@@ -176,10 +177,11 @@ def run(
     resume: bool = False,
     units=None,
     unit_batch: int = 32,
-    forward_batch: int = 512,
+    forward_batch: int | None = None,
     progress: bool = True,
     method_args: dict | None = None,
     shard=None,
+    max_memory=None,
 ):
     """Run methods x protocols on every unit of a suite and return the records as a pandas DataFrame.
 
@@ -196,7 +198,10 @@ def run(
         out: directory for ``results.jsonl``, ``scores.npz`` and ``run.json``; None keeps results in memory only.
         resume: continue a run stored in ``out`` with the same config, skipping finished work.
         units: run these ``Unit``s instead of the suite's frozen feature set (recorded in the config).
-        unit_batch: units attributed together (default 32); forward_batch: images per forward (default 512).
+        unit_batch: units attributed together (default 32); forward_batch: perturbed images per forward pass
+            (default: as many as ``max_memory`` allows).
+        max_memory: bytes (or a size such as ``"2GB"``) one forward pass of perturbed images may take (default:
+            :func:`cafe_bench.memory.default_budget` of the device); recorded in run.json, not part of the config.
         progress: show a progress bar on stderr.
         method_args: ``{method: {parameter: value}}`` (default: every method's defaults); validated, recorded.
         shard: ``"i/N"`` or (i, N): run only the units of shard i of N (:mod:`cafe_bench.shards`); with ``out``,
@@ -226,6 +231,7 @@ def run(
     baseline = baseline or suite.protocol_defaults["baseline"]
     steps = steps if steps is not None else suite.protocol_defaults["steps"]
     attributors = build_attributors(methods, method_args)  # unknown names and parameters raise here
+    budget = parse_memory(max_memory) if max_memory is not None else default_budget(suite.device)
     config = build_config(suite, attributors, protocols, layers, baseline, steps, seed)
     steps = config["steps"]
     if units is None:
@@ -250,8 +256,15 @@ def run(
     else:
         store = RunStore(None, set())
     quality = _sae_quality(suite, layers, units)
+    engine = {
+        "max_memory_bytes": budget,
+        "forward_batch": forward_batch,
+        "token_mixing": mixes_tokens(suite.backbone, baseline),
+    }
     if out is not None:
-        store.update_run(saes={str(layer): suite.saes[layer].describe() for layer in layers}, sae_quality=quality)
+        store.update_run(
+            saes={str(layer): suite.saes[layer].describe() for layer in layers}, sae_quality=quality, engine=engine
+        )
     all_records, timings = [], {m: 0.0 for m in methods}
     started = time.perf_counter()
     bar = tqdm(
@@ -290,7 +303,7 @@ def run(
                     scores_np = scores.detach().cpu().numpy().astype(np.float32)
                     batch_scores = {scores_key(*u.key(), m): scores_np[i] for i, u in enumerate(chunk)}
                     for p in todo[m]:
-                        curves = run_curves(target, scores, p, steps, forward_batch, endpoints)
+                        curves = run_curves(target, scores, p, steps, forward_batch, endpoints, budget)
                         batch_records += _records(target, m, p, curves, config)
                 batch_records = [r for r in batch_records if record_key(r) not in store.done]
                 store.append(batch_records, batch_scores)

@@ -94,6 +94,44 @@ class Target:
         """z_k at the token of unit ``unit_idx_n[i]`` for image i, (N,): many images per unit in one pass."""
         return self._codes(images_n3hw, unit_idx_n, all_tokens=False)
 
+    def distinct_images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows (G,), image_row (B,)): ``images[rows]`` are the distinct images of the batch (equal image id and
+        equal pixels) and unit u's image is ``images[rows][image_row[u]]``; units that share an image can share its
+        forward pass (:meth:`shared_activations`)."""
+        first: dict = {}
+        rows, image_row = [], []
+        for u, unit in enumerate(self.units):
+            for g in first.get(unit.image_id, []):
+                if torch.equal(self.images[rows[g]], self.images[u]):
+                    image_row.append(g)
+                    break
+            else:
+                first.setdefault(unit.image_id, []).append(len(rows))
+                image_row.append(len(rows))
+                rows.append(u)
+        dev = self.device
+        return torch.tensor(rows, device=dev, dtype=torch.long), torch.tensor(image_row, device=dev, dtype=torch.long)
+
+    def shared_activations(self, images_g3hw: torch.Tensor, image_row_b: torch.Tensor, tokens: bool = False):
+        """z_k of every unit, (B,), from one forward pass of G images: unit u reads image ``image_row_b[u]``.
+        With ``tokens`` the G inputs are patch embeddings (G, P, d) (see :meth:`activations_from_tokens`)."""
+        idx = torch.arange(len(self.units), device=images_g3hw.device)
+        return self._codes(images_g3hw, idx, False, image_row_b, tokens)
+
+    @property
+    def has_patch_tokens(self) -> bool:
+        """Whether the backbone exposes its patch embedding (:meth:`patch_tokens`)."""
+        return self.backbone.has_patch_tokens
+
+    def patch_tokens(self, images_n3hw: torch.Tensor) -> torch.Tensor:
+        """The backbone's patch embedding of pixels, (N, P, d): row p depends on patch p's pixels only."""
+        return self.backbone.patch_tokens(images_n3hw)
+
+    def activations_from_tokens(self, tokens_npd: torch.Tensor, unit_idx_n: torch.Tensor) -> torch.Tensor:
+        """:meth:`activations` from patch embeddings (N, P, d) instead of pixels: a perturbation that swaps whole
+        patches can swap their tokens (embedded once) instead of re-embedding composed pixels."""
+        return self._codes(tokens_npd, unit_idx_n, False, None, True)
+
     def feature_map(self, images_b3hw: torch.Tensor) -> torch.Tensor:
         """z_k of each unit's feature at every patch token, (B, gh, gw)."""
         idx = torch.arange(len(self.units), device=images_b3hw.device)
@@ -103,12 +141,16 @@ class Target:
         """Sum relevance inside each patch: (B, 3, H, W) or (B, H, W) -> (B, gh, gw); patch maps pass through."""
         return pool_to_patches(pixel_map, self.grid, self.patch_size)
 
-    def _codes(self, images, unit_idx, all_tokens: bool) -> torch.Tensor:
+    def _codes(self, images, unit_idx, all_tokens: bool, image_row=None, tokens: bool = False) -> torch.Tensor:
+        """Row n: unit ``unit_idx[n]`` read from input ``image_row[n]`` (default: input n); inputs are pixels, or
+        patch embeddings with ``tokens``."""
         layers_n = self._layers[unit_idx]
         wanted = sorted(set(layers_n.tolist()))
-        res = self.backbone.residuals(images, wanted)
+        res = self.backbone.residuals(None, wanted, images) if tokens else self.backbone.residuals(images, wanted)
+        if image_row is not None:
+            res = {layer: h[image_row] for layer, h in res.items()}
         prefix = self.backbone.n_prefix_tokens
-        shape = (len(images), self.n_patches) if all_tokens else (len(images),)
+        shape = (len(unit_idx), self.n_patches) if all_tokens else (len(unit_idx),)
         out = images.new_zeros(shape)
         for layer in wanted:
             rows = (layers_n == layer).nonzero().flatten()

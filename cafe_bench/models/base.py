@@ -68,12 +68,32 @@ class Backbone(nn.Module, abc.ABC):
     def embed(self, images_b3hw: torch.Tensor) -> torch.Tensor:
         """Token embeddings entering block 0, (B, T, d), from pixels in [0, 1] (normalised here)."""
 
-    def residuals(self, images_b3hw: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
-        """Residual stream after each block in ``layers`` (0-based), each (B, T, d); stops at max(layers)."""
+    def patch_tokens(self, images_b3hw: torch.Tensor) -> torch.Tensor:
+        """The patch embedding, (B, P, d): row p depends on the pixels of patch p only. Adapters that implement it
+        and :meth:`embed_tokens` (``embed = embed_tokens(patch_tokens(images))``) let the curve engine perturb
+        tokens instead of pixels; the default says they don't."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its patch embedding")
+
+    def embed_tokens(self, tokens_bpd: torch.Tensor) -> torch.Tensor:
+        """Token embeddings entering block 0, (B, T, d), from the patch embedding (prefix tokens, positions, norms)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its patch embedding")
+
+    @property
+    def has_patch_tokens(self) -> bool:
+        """Whether the adapter implements :meth:`patch_tokens` and :meth:`embed_tokens`."""
+        cls = type(self)
+        return cls.patch_tokens is not Backbone.patch_tokens and cls.embed_tokens is not Backbone.embed_tokens
+
+    def residuals(
+        self, images_b3hw: torch.Tensor | None, layers: list[int], tokens_bpd: torch.Tensor | None = None
+    ) -> dict[int, torch.Tensor]:
+        """Residual stream after each block in ``layers`` (0-based), each (B, T, d); stops at max(layers).
+        With ``tokens_bpd`` (a patch embedding, see :meth:`patch_tokens`) the pass starts there instead of at
+        the pixels ``images_b3hw``."""
         wanted = sorted({int(layer) for layer in layers})
         for layer in wanted:
             self.check_layer(layer)
-        x = self.embed(images_b3hw)
+        x = self.embed(images_b3hw) if tokens_bpd is None else self.embed_tokens(tokens_bpd)
         out = {}
         for i, block in enumerate(self.blocks[: wanted[-1] + 1]):
             x = block(x)  # (B, T, d)

@@ -33,10 +33,19 @@ class OpenClipBackbone(Backbone):
 
     def embed(self, images_b3hw: torch.Tensor) -> torch.Tensor:
         """Token embeddings entering block 0, (B, T, d)."""
+        return self.embed_tokens(self.patch_tokens(images_b3hw))
+
+    def patch_tokens(self, images_b3hw: torch.Tensor) -> torch.Tensor:
+        """The patch embedding (conv1 of the normalised pixels; stride = kernel = patch), (B, P, d)."""
         v = self.visual
         x = (images_b3hw - self.mean) / self.std
         x = v.conv1(x.to(v.conv1.weight.dtype))  # (B, d, gh, gw)
-        x = x.flatten(2).transpose(1, 2)  # (B, P, d)
+        return x.flatten(2).transpose(1, 2)  # (B, P, d)
+
+    def embed_tokens(self, tokens_bpd: torch.Tensor) -> torch.Tensor:
+        """Class token, positions, patch dropout and ln_pre on the patch embedding, (B, T, d)."""
+        v = self.visual
+        x = tokens_bpd
         cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)  # (B, T, d)
         x = v.patch_dropout(x)

@@ -37,9 +37,33 @@ class TimmBackbone(Backbone):
 
     def embed(self, images_b3hw: torch.Tensor) -> torch.Tensor:
         """Token embeddings entering block 0, (B, T, d)."""
+        return self.embed_tokens(self.patch_tokens(images_b3hw))
+
+    def patch_tokens(self, images_b3hw: torch.Tensor) -> torch.Tensor:
+        """timm's ``patch_embed`` of the normalised pixels (a stride = kernel = patch conv and a per-token norm),
+        (B, P, d)."""
+        return self.model.patch_embed((images_b3hw - self.mean) / self.std)
+
+    def embed_tokens(self, tokens_bpd: torch.Tensor) -> torch.Tensor:
+        """Prefix tokens, positions, patch dropout and ``norm_pre`` on the patch embedding, (B, T, d)."""
         m = self.model
-        x = m.patch_embed((images_b3hw - self.mean) / self.std)  # (B, P, d)
-        return m.norm_pre(m.patch_drop(m._pos_embed(x)))
+        return m.norm_pre(m.patch_drop(m._pos_embed(tokens_bpd)))
+
+    @property
+    def has_patch_tokens(self) -> bool:
+        """True for timm's plain ``PatchEmbed`` (one conv with kernel = stride = patch): each token sees one patch.
+        A hybrid stem (a CNN before the tokens) mixes neighbouring patches, so it is pixels only."""
+        from timm.layers import PatchEmbed
+
+        pe = self.model.patch_embed
+        proj = getattr(pe, "proj", None)
+        side = (self.patch_size, self.patch_size)
+        return (
+            type(pe) is PatchEmbed
+            and isinstance(proj, torch.nn.Conv2d)
+            and tuple(proj.kernel_size) == side
+            and tuple(proj.stride) == side
+        )
 
     @property
     def blocks(self):

@@ -84,14 +84,63 @@ def compose(
     return impute(images_b3hw[unit_idx_n], removed, baseline_b3hw[unit_idx_n])
 
 
+STAND_IN_BATCH = 512
+"""Images per forward pass for a stand-in target without a backbone to size a memory budget on."""
+
+
+def mixes_tokens(backbone, baseline_name: str | None) -> bool:
+    """Whether the curve engine mixes patch tokens by default for this backbone and baseline (see
+    :func:`use_tokens`)."""
+    return backbone.has_patch_tokens and imputer(baseline_name) is replace_patches
+
+
+def use_tokens(target, tokens="auto") -> bool:
+    """Whether perturbed images are made by mixing patch tokens (``tokens``: ``auto``, True or False).
+
+    Swapping whole patches of pixels and then embedding equals embedding the image and the baseline once and
+    swapping their patch tokens, when each token sees one patch (the backbone's ``has_patch_tokens``) and the
+    removed patches show the baseline image (not a mask-dependent fill such as ``road``). ``auto`` (default) mixes
+    tokens where that holds; True raises ValueError where it does not."""
+    backbone = getattr(target, "backbone", None)  # stand-in targets without a backbone compose pixels
+    possible = backbone is not None and mixes_tokens(backbone, target.baseline_name)
+    if tokens == "auto":
+        return possible
+    if tokens and not possible:
+        if backbone is None or not backbone.has_patch_tokens:
+            why = f"{type(backbone).__name__} does not expose a patch embedding"
+        else:
+            why = f"baseline {target.baseline_name!r} fills removed patches depending on the mask"
+        raise ValueError(f"cannot perturb patch tokens: {why}; use tokens=False")
+    return bool(tokens)
+
+
+def token_pair(target) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch tokens (B, P, d) of every unit's image and of its baseline, embedded once per target."""
+    pair = getattr(target, "_token_pair", None)
+    if pair is None:
+        pair = (target.patch_tokens(target.images), target.patch_tokens(target.baseline))
+        target._token_pair = pair
+    return pair
+
+
+def mix_tokens(pair, taken_np: torch.Tensor, unit_idx_n: torch.Tensor, protocol) -> torch.Tensor:
+    """Perturbed patch tokens (N, P, d): the token pair's counterpart of :func:`compose` (patches taken show the
+    image's tokens when the protocol starts at the baseline, the baseline's when it starts at the image)."""
+    image_tokens, baseline_tokens = pair
+    shown = taken_np if get_protocol(protocol).start == "baseline" else ~taken_np
+    return torch.where(shown[..., None], image_tokens[unit_idx_n], baseline_tokens[unit_idx_n])
+
+
 @torch.no_grad()
 def run_curves(
     target,
     scores_bhw: torch.Tensor,
     protocol: str | Protocol,
     steps: int,
-    batch_size: int = 512,
+    batch_size: int | None = None,
     endpoints: tuple[torch.Tensor, torch.Tensor] | None = None,
+    max_memory: int | None = None,
+    tokens="auto",
 ) -> Curves:
     """Curves of every unit of ``target`` under ``protocol``, all perturbed images batched.
 
@@ -100,10 +149,17 @@ def run_curves(
         scores_bhw: (B, gh, gw) patch scores.
         protocol: a registered protocol name (``insertion``, ``deletion``, ``insertion_lerf``, ...) or Protocol.
         steps: S in 1..P; the curve has S+1 points.
-        batch_size: images per forward pass (default 512).
+        batch_size: images per forward pass (default: as many as ``max_memory`` allows,
+            :func:`cafe_bench.memory.images_per_batch`).
         endpoints: (z of the baseline images, z of the clean images), each (B,), shared by every method;
             steps whose mask is empty or full reuse them instead of a forward pass.
+        max_memory: bytes one forward pass may take (default: :func:`cafe_bench.memory.default_budget` of the
+            target's device); ignored when ``batch_size`` is given.
+        tokens: ``auto`` (default), True or False: mix patch tokens instead of composing pixels (see
+            :func:`use_tokens`; the curves agree to float rounding).
     """
+    from cafe_bench.memory import default_budget, images_per_batch
+
     protocol = get_protocol(protocol)
     b = len(target)
     counts = step_counts(target.n_patches, check_steps(steps, target.n_patches))
@@ -120,11 +176,23 @@ def run_curves(
                 acts[:, i] = full
         todo = [i for i, c in enumerate(counts) if 0 < c < target.n_patches]
     if todo:
+        mixing = use_tokens(target, tokens)
+        if batch_size is None and hasattr(target, "backbone"):
+            budget = max_memory if max_memory is not None else default_budget(target.device)
+            batch_size = images_per_batch(target.backbone, max(u.layer for u in target.units), mixing, budget)
+        batch_size = batch_size or STAND_IN_BATCH
+        pair = token_pair(target) if mixing else None
+        impute = imputer(target.baseline_name)
         taken = masks[:, todo].reshape(-1, masks.shape[-1])  # (B * n_todo, P)
         unit_idx = torch.arange(b, device=target.device).repeat_interleave(len(todo))
         out = []
         for lo in range(0, len(taken), batch_size):
             sl = slice(lo, lo + batch_size)
+            if mixing:
+                out.append(
+                    target.activations_from_tokens(mix_tokens(pair, taken[sl], unit_idx[sl], protocol), unit_idx[sl])
+                )
+                continue
             imgs = compose(
                 target.images,
                 target.baseline,
@@ -133,7 +201,7 @@ def run_curves(
                 protocol,
                 target.grid,
                 target.patch_size,
-                imputer(target.baseline_name),
+                impute,
             )
             out.append(target.activations(imgs, unit_idx[sl]))
         acts[:, todo] = torch.cat(out).view(b, len(todo))

@@ -1,0 +1,261 @@
+"""The engine at scale: perturbing patch tokens instead of pixels, batch sizes from a memory budget, and one
+forward pass with a batched backward pass for many features on one image."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from cafe_bench.attributors import gradient
+from cafe_bench.errors import RunConfigError
+from cafe_bench.memory import bytes_per_image, default_budget, images_per_batch, parse_memory
+from cafe_bench.models import TimmBackbone
+from cafe_bench.protocols.baselines import make_baseline
+from cafe_bench.protocols.engine import mix_tokens, run_curves, run_curves_naive, token_pair, use_tokens
+from cafe_bench.sae import MatryoshkaBatchTopKSAE
+from cafe_bench.suites import load_suite
+from cafe_bench.synthetic import PatchMeanBackbone
+from cafe_bench.target import Target, Unit
+
+PROTOCOLS = ["insertion", "deletion", "insertion_lerf", "deletion_lerf"]
+
+
+@pytest.fixture(scope="module")
+def relations():
+    return load_suite("relations")
+
+
+@pytest.fixture(scope="module")
+def open_clip_target(relations):
+    """Six units of the default suite (open_clip ViT) on two layers, blur baseline."""
+    units = relations.units([1])[:3] + relations.units([5])[:3]
+    return relations.target(units, baseline="blur")
+
+
+def _timm_target(baseline="blur"):
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(3)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=0).eval()
+    backbone = TimmBackbone(model, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    sae = MatryoshkaBatchTopKSAE(32, 64, 8, [32, 64])
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        codes = sae.encode(backbone.residuals(images, [2])[2][:, 1:])  # (B, P, m)
+    units = []
+    for b in range(4):
+        token, feature = divmod(int(codes[b].argmax()), codes.shape[-1])
+        units.append(Unit(2, feature, b, token))
+    base = make_baseline(baseline, images)
+    return Target(backbone, {2: sae}, units, images, base, [0] * 4, baseline_name=baseline)
+
+
+@pytest.fixture(scope="module")
+def timm_target():
+    return _timm_target()
+
+
+def _check_token_path(target, protocol):
+    scores = torch.rand(len(target), *target.grid, generator=torch.Generator().manual_seed(5))
+    assert use_tokens(target)
+    tokens = run_curves(target, scores, protocol, target.n_patches, tokens=True).activations
+    pixels = run_curves(target, scores, protocol, target.n_patches, tokens=False).activations
+    naive = run_curves_naive(target, scores, protocol, target.n_patches).activations
+    np.testing.assert_allclose(tokens, pixels, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(tokens, naive, atol=1e-5, rtol=0)
+    assert np.ptp(tokens, axis=1).max() > 0.1  # the curves move: the check has something to compare
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_token_mixing_equals_composed_pixels_open_clip(open_clip_target, protocol):
+    _check_token_path(open_clip_target, protocol)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_token_mixing_equals_composed_pixels_timm(timm_target, protocol):
+    _check_token_path(timm_target, protocol)
+
+
+def test_wrongly_mixed_tokens_are_caught(open_clip_target):
+    """The mutation the equality test must catch: tokens mixed the other way round (deletion's for insertion)."""
+    t = open_clip_target
+    taken = torch.zeros(len(t), t.n_patches, dtype=torch.bool)
+    taken[:, : t.n_patches // 4] = True
+    idx = torch.arange(len(t))
+    with torch.no_grad():
+        right = t.activations_from_tokens(mix_tokens(token_pair(t), taken, idx, "insertion"), idx)
+        wrong = t.activations_from_tokens(mix_tokens(token_pair(t), taken, idx, "deletion"), idx)
+    assert (right - wrong).abs().max() > 1e-2
+
+
+def test_mask_dependent_baseline_and_pixel_only_backbones_compose_pixels(relations):
+    road = relations.target(relations.units([5])[:2], baseline="road")
+    assert not use_tokens(road)  # auto: ROAD's fill depends on the mask
+    with pytest.raises(ValueError, match="road"):
+        use_tokens(road, tokens=True)
+    backbone = PatchMeanBackbone()
+    sae = MatryoshkaBatchTopKSAE(4, 8, 2, [4, 8])
+    images = torch.rand(1, 3, 8, 8)
+    plain = Target(backbone, {0: sae}, [Unit(0, 0, 0, 0)], images, torch.zeros_like(images), [0])
+    assert not plain.has_patch_tokens and not use_tokens(plain)
+    with pytest.raises(ValueError, match="PatchMeanBackbone does not expose a patch embedding"):
+        use_tokens(plain, tokens=True)
+
+
+def test_timm_stem_that_mixes_patches_is_pixels_only(timm_target):
+    assert timm_target.has_patch_tokens
+    model = timm_target.backbone.model
+
+    class Hybrid(torch.nn.Module):  # stands for a CNN stem: not timm's plain PatchEmbed
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.patch_size, self.grid_size = inner, inner.patch_size, inner.grid_size
+
+        def forward(self, x):
+            return self.inner(x)
+
+    original = model.patch_embed
+    try:
+        model.patch_embed = Hybrid(original)
+        assert not TimmBackbone(model).has_patch_tokens
+    finally:
+        model.patch_embed = original
+
+
+# --- memory budget ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("2GB", 2 * 10**9), ("512MiB", 512 * 2**20), ("1.5g", 1.5 * 10**9), ("3000000", 3 * 10**6), (2**30, 2**30)],
+)
+def test_parse_memory(text, expected):
+    assert parse_memory(text) == expected
+
+
+@pytest.mark.parametrize("text", ["12XB", "lots", "-1GB", "", "100kB"])
+def test_parse_memory_refuses_with_the_format(text):
+    with pytest.raises(RunConfigError, match="GB|1MiB"):
+        parse_memory(text)
+
+
+def test_batch_size_follows_the_budget(open_clip_target, monkeypatch):
+    t = open_clip_target
+    per_image = bytes_per_image(t.backbone, 5, True)
+    assert images_per_batch(t.backbone, 5, True, 7 * per_image + per_image // 2) == 7
+    assert images_per_batch(t.backbone, 5, True, 1) == 1  # never zero
+    assert default_budget("cpu") == 64 * 2**20
+    sizes = []
+    original = Target.activations_from_tokens
+
+    def spy(self, tokens, unit_idx):
+        sizes.append(len(tokens))
+        return original(self, tokens, unit_idx)
+
+    monkeypatch.setattr(Target, "activations_from_tokens", spy)
+    scores = torch.rand(len(t), *t.grid, generator=torch.Generator().manual_seed(6))
+    small = run_curves(t, scores, "deletion", 16, max_memory=7 * per_image).activations
+    n_images = len(t) * 17  # no endpoints given: steps 0..16 are all forward passes
+    assert max(sizes) == 7 and len(sizes) == -(-n_images // 7)
+    sizes.clear()
+    large = run_curves(t, scores, "deletion", 16, max_memory=10**9).activations
+    assert len(sizes) == 1
+    np.testing.assert_allclose(small, large, atol=1e-5, rtol=0)
+
+
+_PEAK = """
+import json, sys, torch
+from cafe_bench.memory import bytes_per_image, images_per_batch
+from cafe_bench.protocols.engine import run_curves
+from cafe_bench.synthetic import random_vit_target
+tokens = sys.argv[1] == "1"
+t = random_vit_target("open_clip:ViT-B-32", 6, 2, size=224)
+scores = torch.rand(2, *t.grid)
+ends = (t.forward(t.baseline), t.clean)
+run_curves(t, scores, "deletion", 8, 1, ends, tokens=tokens)  # allocator and kernels warmed up
+budget = 48 * bytes_per_image(t.backbone, 6, tokens)
+def status(key):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
+open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts from here, not from loading the model
+before = status("VmRSS:")
+run_curves(t, scores, "deletion", t.n_patches, None, ends, budget, tokens)  # 2 x 48 images, 48 per pass
+after = status("VmHWM:")
+batch = images_per_batch(t.backbone, 6, tokens, budget)
+print(json.dumps({"grew": after - before, "budget": budget, "batch": batch}))
+"""
+
+
+@pytest.mark.parametrize("tokens", [True, False])
+def test_a_forward_pass_stays_within_its_budget(tokens):
+    """Peak memory of a fresh process grows by less than the budget when the engine sizes its batches from it
+    (ViT-B-32, random weights); a batch size that ignored the budget (all 96 images at once) would exceed it."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK, "1" if tokens else "0"], capture_output=True, text=True, check=True
+    )
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["batch"] == 48
+    assert 0 < got["grew"] <= got["budget"]
+    assert got["grew"] > got["budget"] / 8  # the estimate is an upper bound, not a wild one
+
+
+def test_run_records_the_budget_and_refuses_a_bad_one(relations, tmp_path, capsys):
+    import cafe_bench
+    from cafe_bench.cli import main
+
+    kwargs = {"methods": ["activation"], "layers": [5], "progress": False}
+    df = cafe_bench.run(relations, out=tmp_path / "a", max_memory="2MiB", **kwargs)
+    ref = cafe_bench.run(relations, **kwargs)
+    np.testing.assert_allclose(np.stack(df["curve"]), np.stack(ref["curve"]), atol=1e-6, rtol=0)
+    engine = json.loads((tmp_path / "a" / "run.json").read_text())["engine"]
+    assert engine == {"max_memory_bytes": 2 * 2**20, "forward_batch": None, "token_mixing": True}
+    assert main(["run", "--max-memory", "12XB", "--out", str(tmp_path / "b"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "kB, MB, GB" in err[0]
+    assert not (tmp_path / "b").exists()
+
+
+# --- many features on one image: one forward pass, a batched backward pass ---------------------------------------
+
+
+def _shared_image_target(relations, n_features=6):
+    unit = relations.units([5])[0]
+    t = relations.target([unit])
+    with torch.no_grad():
+        h = relations.backbone.residuals(t.images, [5])[5][:, 1 + unit.token]
+        feats = relations.saes[5].encode(h)[0].argsort(descending=True)[:n_features].tolist()
+    other = relations.units([5])[-1]
+    units = [Unit(5, f, unit.image_id, unit.token) for f in feats] + [other, Unit(5, feats[0], unit.image_id, 0)]
+    return relations.target(units)
+
+
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_shared_forward_gradient_equals_one_row_per_unit(relations, monkeypatch, chunk):
+    t = _shared_image_target(relations)
+    rows, image_row = t.distinct_images()
+    assert len(rows) == 2 and image_row.tolist() == [0] * 6 + [1, 0]
+    if chunk is not None:  # one feature per backward pass: the chunked path
+        monkeypatch.setattr(gradient, "GRAD_CHUNK_BYTES", 1)
+    shared = gradient.input_gradient(t, shared=True)
+    plain = gradient.input_gradient(t)
+    assert plain.abs().max() > 0
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-4)
+    one = torch.cat([gradient.input_gradient(relations.target([u])) for u in t.units])
+    torch.testing.assert_close(plain, one, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_forward_gradient_without_patch_tokens():
+    backbone = PatchMeanBackbone(patch_size=2, grid=(2, 2), n_blocks=2)
+    sae = MatryoshkaBatchTopKSAE(4, 8, 4, [4, 8])
+    with torch.no_grad():
+        torch.nn.init.normal_(sae.W_enc)
+        sae.b_enc.fill_(10.0)  # every feature fires: the gradients are not zero
+    images = torch.rand(1, 3, 4, 4).expand(3, -1, -1, -1).contiguous()
+    units = [Unit(1, f, 0, 1) for f in range(3)]
+    t = Target(backbone, {1: sae}, units, images, torch.zeros_like(images), [0] * 3)
+    assert not t.has_patch_tokens and len(t.distinct_images()[0]) == 1
+    plain = gradient.input_gradient(t)
+    assert plain.abs().amax(dim=(1, 2, 3)).min() > 0  # every unit has a gradient (at its own patch)
+    torch.testing.assert_close(gradient.input_gradient(t, shared=True), plain)
