@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory one forward pass of perturbed images may take, e.g. 2GB or 512MiB; it sets the batch size "
         "(default: on CUDA 80%% of the free memory; on CPU 64MiB, cache-sized batches being the fastest there)",
     )
+    run.add_argument(
+        "--precision",
+        default="fp32",
+        help="fp32 (default), bf16 or fp16: autocast of the curves' forward passes (attributions stay fp32); "
+        "recorded, and runs of different precision are not compared",
+    )
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     val = sub.add_parser(
         "validate-attributor",
@@ -330,6 +336,7 @@ def _cmd_run(args) -> int:
         progress=not args.no_progress,
         method_args=parse_method_args(args.method_args),
         max_memory=args.max_memory,
+        precision=args.precision,
     )
     if torchrun_rank() is not None:  # one of several processes started by torchrun
         if args.shard:

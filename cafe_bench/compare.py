@@ -35,7 +35,7 @@ from cafe_bench.schema import (
 RULES = ("paired", "unit", "ci")
 DEFAULT_TOLERANCE = 1e-4
 """AUC tolerance of the paired and unit rules (see the README: measured rerun noise times a safety factor)."""
-CURVE_FIELDS = ("baseline", "blur_sigma", "steps", "normalisation", "auc")
+CURVE_FIELDS = ("baseline", "blur_sigma", "steps", "precision", "normalisation", "auc")
 """Run-config fields that change every curve; checked by every rule."""
 SUITE_FIELDS = ("suite", "suite_version")
 UNPAIRED_PARAMS = ("batch_size",)

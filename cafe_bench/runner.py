@@ -16,7 +16,7 @@ from cafe_bench.attributors.registry import attributor_source, attributor_versio
 from cafe_bench.errors import CafeBenchError, RunConfigError, UnknownNameError
 from cafe_bench.memory import default_budget, parse_memory
 from cafe_bench.protocols.baselines import check_baseline
-from cafe_bench.protocols.engine import check_steps, mixes_tokens, normalised, run_curves
+from cafe_bench.protocols.engine import check_precision, check_steps, mixes_tokens, normalised, run_curves
 from cafe_bench.protocols.registry import DEFAULT_PROTOCOLS, get_protocol
 from cafe_bench.schema import DEAD, UNIT_FIELDS, Record, RunConfig, record_key, scores_key, status_kind
 from cafe_bench.stats import auc
@@ -72,8 +72,9 @@ def build_attributors(methods, method_args: dict | None) -> dict:
     return {m: get_attributor(m, **method_args.get(m, {})) for m in methods}
 
 
-def build_config(suite, attributors: dict, protocols, layers, baseline, steps, seed) -> dict:
+def build_config(suite, attributors: dict, protocols, layers, baseline, steps, seed, precision="fp32") -> dict:
     """Validate the choices against the suite; the config recorded in run.json (a :class:`RunConfig`)."""
+    check_precision(precision)
     for p in protocols:
         get_protocol(p)
     suite.check_layers(layers)
@@ -97,6 +98,7 @@ def build_config(suite, attributors: dict, protocols, layers, baseline, steps, s
         seed=int(seed),
         normalisation=NORMALISATION,
         auc=AUC_RULE,
+        precision=None if precision == "fp32" else precision,
     )
     return json.loads(json.dumps(config.to_dict()))  # JSON types, as stored
 
@@ -182,6 +184,7 @@ def run(
     method_args: dict | None = None,
     shard=None,
     max_memory=None,
+    precision: str = "fp32",
 ):
     """Run methods x protocols on every unit of a suite and return the records as a pandas DataFrame.
 
@@ -202,6 +205,8 @@ def run(
             (default: as many as ``max_memory`` allows).
         max_memory: bytes (or a size such as ``"2GB"``) one forward pass of perturbed images may take (default:
             :func:`cafe_bench.memory.default_budget` of the device); recorded in run.json, not part of the config.
+        precision: ``fp32`` (default), ``bf16`` or ``fp16``: autocast of the curves' forward passes (attributions
+            stay fp32); part of the config, so a run is only compared with runs of the same precision.
         progress: show a progress bar on stderr.
         method_args: ``{method: {parameter: value}}`` (default: every method's defaults); validated, recorded.
         shard: ``"i/N"`` or (i, N): run only the units of shard i of N (:mod:`cafe_bench.shards`); with ``out``,
@@ -232,7 +237,7 @@ def run(
     steps = steps if steps is not None else suite.protocol_defaults["steps"]
     attributors = build_attributors(methods, method_args)  # unknown names and parameters raise here
     budget = parse_memory(max_memory) if max_memory is not None else default_budget(suite.device)
-    config = build_config(suite, attributors, protocols, layers, baseline, steps, seed)
+    config = build_config(suite, attributors, protocols, layers, baseline, steps, seed, precision)
     steps = config["steps"]
     if units is None:
         units = suite.units(layers)
@@ -303,7 +308,9 @@ def run(
                     scores_np = scores.detach().cpu().numpy().astype(np.float32)
                     batch_scores = {scores_key(*u.key(), m): scores_np[i] for i, u in enumerate(chunk)}
                     for p in todo[m]:
-                        curves = run_curves(target, scores, p, steps, forward_batch, endpoints, budget)
+                        curves = run_curves(
+                            target, scores, p, steps, forward_batch, endpoints, budget, precision=precision
+                        )
                         batch_records += _records(target, m, p, curves, config)
                 batch_records = [r for r in batch_records if record_key(r) not in store.done]
                 store.append(batch_records, batch_scores)

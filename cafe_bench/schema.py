@@ -128,7 +128,17 @@ class Record:
 
 RECORD_FIELDS = tuple(f.name for f in fields(Record))
 
-IDENTITY_FIELDS = ("suite", "suite_version", "suite_files", "baseline", "blur_sigma", "steps", "normalisation", "auc")
+IDENTITY_FIELDS = (
+    "suite",
+    "suite_version",
+    "suite_files",
+    "baseline",
+    "blur_sigma",
+    "steps",
+    "precision",
+    "normalisation",
+    "auc",
+)
 """Run-config fields that two runs must share for their curves to be compared or tabled together (the seed, the
 unit set and method parameters are checked beside them)."""
 
@@ -158,11 +168,13 @@ class RunConfig:
     """Explicit units (when not the suite's frozen feature set)."""
     shard: list | None = None
     """[i, n] when this run is shard i of n (``--shard``); merged runs have none."""
+    precision: str | None = None
+    """``bf16`` or ``fp16`` when the curves' forward passes ran under autocast (``--precision``); None: fp32."""
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        for optional in ("units", "shard"):
+        for optional in ("units", "shard", "precision"):
             if out[optional] is None:
                 del out[optional]
         return out

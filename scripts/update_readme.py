@@ -341,8 +341,75 @@ def _fmt(value) -> str:
     return "never (up to 1)" if value is None else f"{value:.3g}"
 
 
-def speed() -> str:
-    doc = _json(RESULTS / "bench_engine.json")
+def speed(path: Path = RESULTS / "bench_engine.json") -> str:
+    doc = _json(path)
+    if not any("suite" in (b.get("extra_info") or {}) for b in doc["benchmarks"]):
+        return _speed_before_default_suite(doc)
+    machine = doc["machine_info"]
+    bench = {b["name"]: b for b in doc["benchmarks"]}
+
+    def pair(test):
+        naive, batched = bench.get(f"{test}[naive]"), bench.get(f"{test}[batched]")
+        if naive is None or batched is None:
+            return None
+        return batched["stats"]["median"], naive["stats"]["median"], {**naive["extra_info"], **batched["extra_info"]}
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    cpu = machine.get("cpu", {})
+    suites = {b["extra_info"]["suite"] for b in doc["benchmarks"] if "suite" in b["extra_info"]}
+    lines = [
+        f"Measured with `tox -e bench` (pytest-benchmark, `benchmarks/results/bench_engine.json`, "
+        f"{doc['datetime'][:10]}) on {cpu.get('brand_raw', '?')}, {cpu.get('count', '?')} CPU cores, "
+        f"{machine.get('torch_threads', '?')} torch threads, torch {machine.get('torch', '?')}; suite "
+        f"{', '.join(f'`{s}`' for s in sorted(suites))}; each speed-up a ratio to a naive reference timed in the "
+        "same session:",
+        "",
+        "| what | engine (median) | naive reference (median) | speed-up | target |",
+        "|---|---|---|---|---|",
+    ]
+    curves = pair("test_curve_engine")
+    if curves:
+        t, n, e = curves
+        ratio = n / t
+        lines.append(
+            f"| curves: block {e['layer']}, {e['n_units']} units × {e['steps'] + 1} points, {e['protocol']}, "
+            f"`{e['method']}` scores (naive: one composed image per step and unit, batch 1) | {_seconds(t)} | "
+            f"{_seconds(n)} | **{ratio:.1f}×** | ≥ {e['target_speedup']:g}× ({met(ratio >= e['target_speedup'])}) |"
+        )
+    run = pair("test_run_layer")
+    if run:
+        t, n, e = run
+        lines.append(
+            f"| run: block {e['layer']}, {e['n_units']} units × {len(e['methods'])} methods × "
+            f"{len(e['protocols'])} protocols, {e['steps']} steps (naive: one unit per target, every step its own "
+            f"forward pass) | {_seconds(t)} | {_seconds(n)} | {n / t:.1f}× | — |"
+        )
+    forward = pair("test_truncated_forward")
+    if forward:
+        t, n, e = forward
+        lines.append(
+            f"| forward: {e['n_images']} images to block {e['block']} (naive: the whole tower, {e['n_blocks']} "
+            f"blocks) | {_seconds(t)} | {_seconds(n)} | {n / t:.1f}× | — |"
+        )
+    default = bench.get("test_default_run")
+    if default:
+        e = default["extra_info"]
+        lines += [
+            "",
+            f"The default `cafe-bench run` (suite `{e['suite']}`: {e['n_units']} units × {e['n_methods']} methods × "
+            f"{e['n_protocols']} protocols, {e['n_records']} records) in a fresh process on {e['cpu_count']} CPU "
+            f"cores: **{e['wall_s']:.1f} s** wall ({e['wall_time_s']:.1f} s in process, from its `run.json`), peak "
+            f"RSS **{e['peak_rss_mb'] / 1000:.2f} GB**. Targets on {e['target_cpu_cores']} CPU cores: ≤ "
+            f"{e['target_wall_s']:g} s ({met(e['wall_s'] <= e['target_wall_s'])}) and ≤ "
+            f"{e['target_peak_rss_mb'] / 1000:g} GB ({met(e['peak_rss_mb'] <= e['target_peak_rss_mb'])}).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _speed_before_default_suite(doc: dict) -> str:
+    """The section from a ``bench_engine.json`` written before the benchmarks moved to the default suite."""
     machine = doc["machine_info"]
     groups: dict[str, dict] = {}
     for bench in doc["benchmarks"]:
@@ -392,12 +459,46 @@ def vitb() -> str:
         group = next(g for g in groups if "16 features" in g)
         shared = [b for b in doc["benchmarks"] if b["group"] == group and b["params"]["method"] == method]
         t = {b["params"]["kind"]: b["stats"]["median"] for b in shared}
-        lines.append(
+        line = (
             f"16 features on one image, `{method}`: the batched target (16 rows, one forward and one backward pass) "
             f"takes {_seconds(t['engine'])}, one forward and backward pass per feature {_seconds(t['one_by_one'])}: "
             f"**{t['one_by_one'] / t['engine']:.2f}×** (maps equal to 1e-5)."
         )
+        if "shared_forward" in t:
+            line += (
+                f" One forward pass of the image and a backward pass batched over the 16 features "
+                f"(`is_grads_batched`) takes {_seconds(t['shared_forward'])}: "
+                f"**{t['one_by_one'] / t['shared_forward']:.2f}×** (target ≥ 3×)."
+            )
+        lines.append(line)
     return "\n\n".join(lines) + "\n"
+
+
+def precision() -> str:
+    from cafe_bench.protocols.engine import PRECISION_TOLERANCE
+
+    doc = _json(RESULTS / "precision_relations.json")
+    rows = [
+        "| precision | default run | max per-unit abs(ΔAUC) | 99th percentile | median | max abs(Δ mean AUC) of a "
+        "method × layer × protocol | Kendall τ of the method order (min over layers × protocols) | tolerance "
+        "tested |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| fp32 | {doc['fp32_wall_s']:.1f} s | — | — | — | — | — | — |",
+    ]
+    for name, p in doc["precisions"].items():
+        d = p["unit_abs_auc_diff"]
+        rows.append(
+            f"| {name} | {p['wall_s']:.1f} s | {d['max']:.4f} | {d['p99']:.4f} | {d['median']:.5f} | "
+            f"{p['mean_auc_abs_diff_max']:.4f} | {min(p['method_order_kendall_tau'].values()):.2f} | "
+            f"{PRECISION_TOLERANCE[name]:g} |"
+        )
+    return (
+        f"Measured by `python scripts/measure_precision.py` (`benchmarks/results/precision_relations.json`, "
+        f"{doc['date']}, {doc['device']}, {doc['machine']['cores']} torch threads, torch {doc['torch']}): the default "
+        f"run of suite `{doc['suite']}` at each precision, against fp32 ({d['n']} unit curves each):\n\n"
+        + "\n".join(rows)
+        + "\n"
+    )
 
 
 def paper_scale() -> str:
@@ -669,6 +770,7 @@ SECTIONS = {
     "completeness": completeness,
     "speed": speed,
     "vitb": vitb,
+    "precision": precision,
     "paper_scale": paper_scale,
     "method_costs": method_costs,
     "photos_saes": photos_saes,

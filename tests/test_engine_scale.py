@@ -259,3 +259,41 @@ def test_shared_forward_gradient_without_patch_tokens():
     plain = gradient.input_gradient(t)
     assert plain.abs().amax(dim=(1, 2, 3)).min() > 0  # every unit has a gradient (at its own patch)
     torch.testing.assert_close(gradient.input_gradient(t, shared=True), plain)
+
+
+# --- reduced precision -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_aucs_stay_within_the_stated_tolerance(relations, precision):
+    from cafe_bench.attributors.registry import get_attributor
+    from cafe_bench.protocols.engine import PRECISION_TOLERANCE, normalised
+    from cafe_bench.stats import auc
+
+    t = relations.target(relations.units([5])[:8])
+    scores = get_attributor("gradient").scores(t)
+    ends = (t.forward(t.baseline), t.clean)
+    clean = t.clean.numpy()
+
+    def aucs(p):
+        curves = run_curves(t, scores, "insertion", 32, None, ends, precision=p)
+        return np.array([auc(curves.fractions, row) for row in normalised(curves, clean)])
+
+    diff = np.abs(aucs(precision) - aucs("fp32"))
+    assert 0 < diff.max() <= PRECISION_TOLERANCE[precision]  # autocast did act, and stayed within the tolerance
+
+
+def test_precision_is_recorded_refused_when_unknown_and_not_mixed_on_resume(relations, tmp_path, capsys):
+    import cafe_bench
+    from cafe_bench.cli import main
+
+    kwargs = {"methods": ["activation"], "layers": [5], "progress": False, "out": tmp_path / "run"}
+    cafe_bench.run(relations, precision="bf16", **kwargs)
+    config = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert config["precision"] == "bf16"
+    with pytest.raises(RunConfigError, match="precision"):
+        cafe_bench.run(relations, resume=True, **kwargs)  # fp32 onto a bf16 run
+    assert main(["run", "--precision", "fp8", "--out", str(tmp_path / "b"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "valid: fp32, bf16, fp16" in err[0]
+    assert not (tmp_path / "b").exists()

@@ -166,7 +166,10 @@ class Suite:
 
     def images(self, image_ids) -> torch.Tensor:
         """Images of the suite's source, preprocessed for its model: (N, 3, H, W) in [0, 1] on ``device``."""
-        return self.image_source.load(list(image_ids), self.backbone.preprocess).to(self.device)
+        images = self.image_source.load(list(image_ids), self.backbone.preprocess)
+        if self.device.type == "cuda":  # page-locked host memory: an asynchronous copy, no wait for the transfer
+            return images.pin_memory().to(self.device, non_blocking=True)
+        return images.to(self.device)
 
     def target(self, units, baseline: str | None = None, seed: int = 0) -> Target:
         """A batch Target for ``units`` with the ``baseline`` images (default: the suite's, ``blur``)."""
