@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cafe_bench.suites import load_suite
+from cafe_bench.suites import DEFAULT_SUITE, load_suite
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -12,4 +12,4 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 @pytest.fixture(scope="session")
 def suite():
-    return load_suite("tiny")
+    return load_suite(DEFAULT_SUITE)
