@@ -57,7 +57,8 @@ def bytes_per_image(backbone, layer: int, tokens: bool) -> int:
     """An upper estimate of the memory one perturbed image takes in a forward pass without gradients up to
     block ``layer``: the composed pixels (or mixed patch tokens), the residual stream, one block's working set
     (attention scores, q/k/v, the MLP's hidden layer, twice over for the nonlinearity) and the block's
-    output, in the model's dtype, times a safety factor of 1.5."""
+    output, in the model's dtype, times a safety factor of 1.5. The depth does not change it: blocks run one after
+    another, and only the read layers' outputs are kept."""
     h, w = backbone.image_size
     t = backbone.n_patches + backbone.n_prefix_tokens
     d = backbone.width

@@ -63,6 +63,7 @@ class Target:
         self.seeds = list(seeds)
         dev = images.device
         self._layers = torch.tensor([u.layer for u in self.units], device=dev)
+        self._layer_set = sorted({u.layer for u in self.units})
         self._features = torch.tensor([u.feature for u in self.units], device=dev)
         self._tokens = torch.tensor([u.token for u in self.units], device=dev)
         with torch.no_grad():
@@ -145,7 +146,8 @@ class Target:
         """Row n: unit ``unit_idx[n]`` read from input ``image_row[n]`` (default: input n); inputs are pixels, or
         patch embeddings with ``tokens``."""
         layers_n = self._layers[unit_idx]
-        wanted = sorted(set(layers_n.tolist()))
+        one_layer = len(self._layer_set) == 1  # the runner's batches: no device-to-host read per call
+        wanted = list(self._layer_set) if one_layer else sorted(set(layers_n.tolist()))
         res = self.backbone.residuals(None, wanted, images) if tokens else self.backbone.residuals(images, wanted)
         if image_row is not None:
             res = {layer: h[image_row] for layer, h in res.items()}
@@ -153,7 +155,9 @@ class Target:
         shape = (len(unit_idx), self.n_patches) if all_tokens else (len(unit_idx),)
         out = images.new_zeros(shape)
         for layer in wanted:
-            rows = (layers_n == layer).nonzero().flatten()
+            rows = (
+                torch.arange(len(unit_idx), device=out.device) if one_layer else (layers_n == layer).nonzero().flatten()
+            )
             feats = self._features[unit_idx[rows]]
             if all_tokens:
                 h = res[layer][rows, prefix:]  # (n, P, d)

@@ -139,7 +139,8 @@ def use_tokens(target, tokens="auto") -> bool:
 
 
 def token_pair(target) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patch tokens (B, P, d) of every unit's image and of its baseline, embedded once per target."""
+    """Patch tokens (B, P, d) of every unit's image and of its baseline, embedded once per target (cached on it:
+    a Target's images and model do not change)."""
     pair = getattr(target, "_token_pair", None)
     if pair is None:
         pair = (target.patch_tokens(target.images), target.patch_tokens(target.baseline))
