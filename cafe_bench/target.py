@@ -113,11 +113,12 @@ class Target:
         dev = self.device
         return torch.tensor(rows, device=dev, dtype=torch.long), torch.tensor(image_row, device=dev, dtype=torch.long)
 
-    def shared_activations(self, images_g3hw: torch.Tensor, image_row_b: torch.Tensor, tokens: bool = False):
-        """z_k of every unit, (B,), from one forward pass of G images: unit u reads image ``image_row_b[u]``.
-        With ``tokens`` the G inputs are patch embeddings (G, P, d) (see :meth:`activations_from_tokens`)."""
-        idx = torch.arange(len(self.units), device=images_g3hw.device)
-        return self._codes(images_g3hw, idx, False, image_row_b, tokens)
+    def shared_activations(self, images_g3hw, image_row_n: torch.Tensor, tokens: bool = False, units=None):
+        """z_k of units ``units`` (default all B), (N,), from one forward pass of G images: unit ``units[n]`` reads
+        image ``image_row_n[n]``. With ``tokens`` the G inputs are patch embeddings (G, P, d) (see
+        :meth:`activations_from_tokens`)."""
+        idx = torch.arange(len(self.units), device=images_g3hw.device) if units is None else units
+        return self._codes(images_g3hw, idx, False, image_row_n, tokens)
 
     @property
     def has_patch_tokens(self) -> bool:

@@ -343,8 +343,6 @@ def _fmt(value) -> str:
 
 def speed(path: Path = RESULTS / "bench_engine.json") -> str:
     doc = _json(path)
-    if not any("suite" in (b.get("extra_info") or {}) for b in doc["benchmarks"]):
-        return _speed_before_default_suite(doc)
     machine = doc["machine_info"]
     bench = {b["name"]: b for b in doc["benchmarks"]}
 
@@ -408,31 +406,6 @@ def speed(path: Path = RESULTS / "bench_engine.json") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _speed_before_default_suite(doc: dict) -> str:
-    """The section from a ``bench_engine.json`` written before the benchmarks moved to the default suite."""
-    machine = doc["machine_info"]
-    groups: dict[str, dict] = {}
-    for bench in doc["benchmarks"]:
-        kind = bench["params"].get("kind") if bench.get("params") else None
-        if kind in ("naive", "batched"):
-            groups.setdefault(bench["group"], {})[kind] = bench["stats"]["median"]
-    lines = [
-        f"Measured with `tox -e bench` (pytest-benchmark, `benchmarks/results/bench_engine.json`; each figure a "
-        f"ratio to a naive reference timed in the same session), {machine.get('cpu', {}).get('count', '?')} CPU "
-        f"cores, {machine.get('torch_threads', '?')} torch threads, torch {machine.get('torch', '?')}, "
-        f"{doc['datetime'][:10]}:",
-        "",
-        "| what | batched (median) | naive reference (median) | speed-up |",
-        "|---|---|---|---|",
-    ]
-    for group, t in groups.items():
-        if {"naive", "batched"} <= set(t):
-            lines.append(
-                f"| {group} | {_seconds(t['batched'])} | {_seconds(t['naive'])} | {t['naive'] / t['batched']:.1f}× |"
-            )
-    return "\n".join(lines) + "\n"
-
-
 def vitb() -> str:
     doc = _json(RESULTS / "bench_vitb.json")
     machine = doc["machine_info"]
@@ -460,18 +433,59 @@ def vitb() -> str:
         shared = [b for b in doc["benchmarks"] if b["group"] == group and b["params"]["method"] == method]
         t = {b["params"]["kind"]: b["stats"]["median"] for b in shared}
         line = (
-            f"16 features on one image, `{method}`: the batched target (16 rows, one forward and one backward pass) "
-            f"takes {_seconds(t['engine'])}, one forward and backward pass per feature {_seconds(t['one_by_one'])}: "
-            f"**{t['one_by_one'] / t['engine']:.2f}×** (maps equal to 1e-5)."
+            f"16 features on one image, `{method}`: the engine (one forward pass of the image, a backward pass batched "
+            f"over the 16 features with `is_grads_batched`) takes {_seconds(t['engine'])}, one forward and backward "
+            f"pass per feature {_seconds(t['one_by_one'])}: **{t['one_by_one'] / t['engine']:.2f}×** (target ≥ 3×; "
+            f"maps equal to 1e-5)."
         )
-        if "shared_forward" in t:
+        if "rows" in t:
             line += (
-                f" One forward pass of the image and a backward pass batched over the 16 features "
-                f"(`is_grads_batched`) takes {_seconds(t['shared_forward'])}: "
-                f"**{t['one_by_one'] / t['shared_forward']:.2f}×** (target ≥ 3×)."
+                f" The image in 16 rows of one batched forward and backward pass takes {_seconds(t['rows'])} "
+                f"({t['one_by_one'] / t['rows']:.2f}×)."
             )
         lines.append(line)
     return "\n\n".join(lines) + "\n"
+
+
+def quantus() -> str:
+    doc = _json(RESULTS / "bench_quantus.json")
+    med = {b["params"]["kind"]: b["stats"]["median"] for b in doc["benchmarks"]}
+    engine = next(b for b in doc["benchmarks"] if b["params"]["kind"] == "engine")["extra_info"]
+    machine = doc["machine_info"]
+    out = (
+        f"**Against Quantus** (`benchmarks/test_bench_quantus.py`, `benchmarks/results/bench_quantus.json`, quantus "
+        f"0.6.0 `RegionPerturbation` set up to compute the same curves: regions = patches, MoRF, each region replaced "
+        f"by the unit's blur baseline; {machine.get('cpu', {}).get('count', '?')} CPU cores, "
+        f"{doc['datetime'][:10]}; the same ViT-B-32 case, 8 images × 50 deletion points, curves equal to "
+        f"{engine.get('max_abs_curve_diff', 0):.1g}): the engine takes {_seconds(med['engine'])}; Quantus with the "
+        f"model truncated at block 6 as the engine runs it {_seconds(med['quantus'])} "
+        f"(**{med['quantus'] / med['engine']:.2f}×**)"
+    )
+    if "quantus_whole_model" in med:
+        out += (
+            f", and Quantus on the whole model with z_k read at block 6 by the way, as a black-box user would, "
+            f"{_seconds(med['quantus_whole_model'])} (**{med['quantus_whole_model'] / med['engine']:.2f}×**)"
+        )
+    return out + (
+        f". Target ≥ {engine['target']:g}×. Quantus evaluates one batch of samples per step (here all 8), so with "
+        "the same truncation both do the same forward passes and the engine's gain is its batching and token "
+        "mixing.\n"
+    )
+
+
+def duplicates() -> str:
+    doc = _json(RESULTS / "duplicate_images_relations.json")
+    shares = ", ".join(f"{v['repeated_share']:.1%} on block {k}" for k, v in doc["layers"].items())
+    return (
+        f"over the interior steps of the default run's curves on `{doc['suite']}` ({len(doc['methods'])} methods × "
+        f"{len(doc['protocols'])} protocols, {doc['steps']} steps; `python scripts/measure_duplicate_images.py`, "
+        f"`benchmarks/results/duplicate_images_relations.json`, {doc['date']}), the share that repeats an image "
+        f"another curve of the same layer already needs (ties of the top patches) is {shares}; "
+        f"{doc['repeated_across_layers']} of the {doc['distinct_within_layers']} images distinct within their layer "
+        "recur on another layer. The Target reads every requested layer in one pass to the deepest, but the runner "
+        "batches one layer at a time: so few images are shared between layers that a pass to the deepest layer for "
+        "every image would cost more than it saves.\n"
+    )
 
 
 def precision() -> str:
@@ -771,6 +785,8 @@ SECTIONS = {
     "speed": speed,
     "vitb": vitb,
     "precision": precision,
+    "quantus": quantus,
+    "duplicates": duplicates,
     "paper_scale": paper_scale,
     "method_costs": method_costs,
     "photos_saes": photos_saes,

@@ -238,12 +238,26 @@ def test_shared_forward_gradient_equals_one_row_per_unit(relations, monkeypatch,
     assert len(rows) == 2 and image_row.tolist() == [0] * 6 + [1, 0]
     if chunk is not None:  # one feature per backward pass: the chunked path
         monkeypatch.setattr(gradient, "GRAD_CHUNK_BYTES", 1)
-    shared = gradient.input_gradient(t, shared=True)
-    plain = gradient.input_gradient(t)
+    shared = gradient.input_gradient(t)
+    plain = gradient.input_gradient(t, shared=False)
     assert plain.abs().max() > 0
     torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-4)
     one = torch.cat([gradient.input_gradient(relations.target([u])) for u in t.units])
     torch.testing.assert_close(plain, one, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rules", ["attn", "cp"])
+def test_shared_forward_under_lrp_rules_equals_one_row_per_unit(relations, rules):
+    from cafe_bench.attributors.lrp_patches import lrp_rules
+
+    t = _shared_image_target(relations)
+    with lrp_rules(rules):
+        shared = gradient.input_gradient(t)
+    with lrp_rules(rules):
+        plain = gradient.input_gradient(t, shared=False)
+    with torch.no_grad():  # the rules act: the plain gradient differs from the relevance gradient
+        assert (gradient.input_gradient(t, shared=False) - plain).abs().max() > 1e-3
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-4)
 
 
 def test_shared_forward_gradient_without_patch_tokens():
@@ -256,9 +270,10 @@ def test_shared_forward_gradient_without_patch_tokens():
     units = [Unit(1, f, 0, 1) for f in range(3)]
     t = Target(backbone, {1: sae}, units, images, torch.zeros_like(images), [0] * 3)
     assert not t.has_patch_tokens and len(t.distinct_images()[0]) == 1
-    plain = gradient.input_gradient(t)
+    plain = gradient.input_gradient(t, shared=False)
     assert plain.abs().amax(dim=(1, 2, 3)).min() > 0  # every unit has a gradient (at its own patch)
     torch.testing.assert_close(gradient.input_gradient(t, shared=True), plain)
+    assert not gradient.input_gradient(t, shared=False).equal(torch.zeros_like(plain))
 
 
 # --- reduced precision -------------------------------------------------------------------------------------------
