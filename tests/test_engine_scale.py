@@ -312,3 +312,13 @@ def test_precision_is_recorded_refused_when_unknown_and_not_mixed_on_resume(rela
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "valid: fp32, bf16, fp16" in err[0]
     assert not (tmp_path / "b").exists()
+
+
+def test_gradient_of_a_stand_in_target_without_the_sharing_surface(additive_target):
+    """A duck-typed target (no ``distinct_images``) gets the row gradient; z = sum(w * image) has gradient w."""
+    weights = torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(7))
+    images = torch.rand(2, 3, 4, 4).double()
+    t = additive_target(weights, images, torch.zeros_like(images))
+    assert not hasattr(t, "distinct_images")
+    grad = gradient.input_gradient(t)
+    torch.testing.assert_close(grad, weights.double()[:, None].expand(-1, 3, -1, -1))
