@@ -290,7 +290,7 @@ def run(
                 continue
             target = suite.target(chunk, baseline=baseline, seed=seed)
             with torch.no_grad():
-                endpoints = (target.forward(target.baseline), target.clean)
+                endpoints = (target.forward_distinct(target.baseline), target.clean)
             for m in methods:
                 if not todo[m]:
                     continue

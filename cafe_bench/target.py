@@ -67,7 +67,7 @@ class Target:
         self._features = torch.tensor([u.feature for u in self.units], device=dev)
         self._tokens = torch.tensor([u.token for u in self.units], device=dev)
         with torch.no_grad():
-            self.clean = self.forward(images)  # (B,)
+            self.clean = self.forward_distinct(images)  # (B,)
 
     @property
     def device(self) -> torch.device:
@@ -94,6 +94,19 @@ class Target:
     def activations(self, images_n3hw: torch.Tensor, unit_idx_n: torch.Tensor) -> torch.Tensor:
         """z_k at the token of unit ``unit_idx_n[i]`` for image i, (N,): many images per unit in one pass."""
         return self._codes(images_n3hw, unit_idx_n, all_tokens=False)
+
+    def forward_distinct(self, images_b3hw: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with one pass per distinct image: for inputs laid out like the target's own (its clean
+        images or its baselines), units that share an image (:meth:`distinct_images`) share the pass. Inputs where
+        such units' rows differ take one row per unit."""
+        if not hasattr(self, "_distinct"):
+            self._distinct = self.distinct_images()
+        rows, image_row = self._distinct
+        if len(rows) == len(self.units) or not all(
+            torch.equal(images_b3hw[u], images_b3hw[rows[g]]) for u, g in enumerate(image_row.tolist())
+        ):
+            return self.forward(images_b3hw)
+        return self.shared_activations(images_b3hw[rows], image_row)
 
     def distinct_images(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows (G,), image_row (B,)): ``images[rows]`` are the distinct images of the batch (equal image id and

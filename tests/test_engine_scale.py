@@ -322,3 +322,25 @@ def test_gradient_of_a_stand_in_target_without_the_sharing_surface(additive_targ
     assert not hasattr(t, "distinct_images")
     grad = gradient.input_gradient(t)
     torch.testing.assert_close(grad, weights.double()[:, None].expand(-1, 3, -1, -1))
+
+
+def test_forward_distinct_passes_each_image_once(relations, monkeypatch):
+    t = _shared_image_target(relations)  # 8 units on 2 images
+    seen = []
+    original = t.backbone.residuals
+
+    def spy(images, layers, tokens=None):
+        seen.append(len(images if tokens is None else tokens))
+        return original(images, layers, tokens)
+
+    monkeypatch.setattr(t.backbone, "residuals", spy)
+    with torch.no_grad():
+        shared = t.forward_distinct(t.baseline)
+        assert seen == [2]
+        plain = t.forward(t.baseline)
+        assert seen == [2, 8]
+        torch.testing.assert_close(shared, plain, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(t.forward_distinct(t.images), t.clean)
+        noisy = t.images + 0.01 * torch.rand_like(t.images)  # rows of one image differ now: one row per unit
+        torch.testing.assert_close(t.forward_distinct(noisy), t.forward(noisy))
+        assert seen[-2:] == [8, 8]
