@@ -436,7 +436,8 @@ def vitb() -> str:
             f"16 features on one image, `{method}`: the engine (one forward pass of the image, a backward pass batched "
             f"over the 16 features with `is_grads_batched`) takes {_seconds(t['engine'])}, one forward and backward "
             f"pass per feature {_seconds(t['one_by_one'])}: **{t['one_by_one'] / t['engine']:.2f}×** (target ≥ 3×; "
-            f"maps equal to 1e-5)."
+            f"maps equal to 1e-5; each time includes building the Target, whose clean activation also takes one "
+            f"forward pass per distinct image)."
         )
         if "rows" in t:
             line += (
