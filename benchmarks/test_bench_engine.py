@@ -73,7 +73,7 @@ def test_curve_engine(benchmark, suite, curve_case, kind):
     else:
         with torch.no_grad():
             ends = (target.forward(target.baseline), target.clean)
-        result = benchmark.pedantic(run_curves, args=(target, scores, "insertion", steps, 512, ends), rounds=5)
+        result = benchmark.pedantic(run_curves, args=(target, scores, "insertion", steps, None, ends), rounds=5)
     assert result.activations.shape == (len(target), steps + 1)
     _TIMES[("curves", f"{kind}_activations")] = np.asarray(result.activations, dtype=np.float64)
     if ("curves", "naive_activations") in _TIMES and ("curves", "batched_activations") in _TIMES:

@@ -63,7 +63,8 @@ def bytes_per_image(backbone, layer: int, tokens: bool) -> int:
     t = backbone.n_patches + backbone.n_prefix_tokens
     d = backbone.width
     heads = max(1, d // 64)
-    size = next(backbone.parameters()).element_size()
+    weight = next(iter(backbone.parameters()), None)
+    size = weight.element_size() if weight is not None else 4  # a backbone without parameters: fp32
     inputs = backbone.n_patches * d if tokens else 2 * 3 * h * w  # mixed tokens, or composed + normalised pixels
     block = 4 * t * d + 3 * t * d + 2 * 4 * t * d + heads * t * t  # stream, ln, qkv, attention, MLP hidden
     return int(1.5 * size * (inputs + block + 2 * t * d))

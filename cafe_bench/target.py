@@ -167,7 +167,7 @@ class Target:
             res = {layer: h[image_row] for layer, h in res.items()}
         prefix = self.backbone.n_prefix_tokens
         shape = (len(unit_idx), self.n_patches) if all_tokens else (len(unit_idx),)
-        out = images.new_zeros(shape)
+        out = torch.zeros(shape, dtype=torch.float32, device=images.device)
         for layer in wanted:
             rows = (
                 torch.arange(len(unit_idx), device=out.device) if one_layer else (layers_n == layer).nonzero().flatten()
@@ -183,7 +183,7 @@ class Target:
             else:
                 h = res[layer][rows, prefix + self._tokens[unit_idx[rows]]]  # (n, d)
                 z = self.saes[layer].encode_feature(h, feats)
-            out = out.index_put((rows,), z)
+            out = out.index_put((rows,), z.to(out.dtype))  # an SAE under autocast may return bf16 / fp16
         return out
 
 

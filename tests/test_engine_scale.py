@@ -344,3 +344,22 @@ def test_forward_distinct_passes_each_image_once(relations, monkeypatch):
         noisy = t.images + 0.01 * torch.rand_like(t.images)  # rows of one image differ now: one row per unit
         torch.testing.assert_close(t.forward_distinct(noisy), t.forward(noisy))
         assert seen[-2:] == [8, 8]
+
+
+def test_reduced_precision_with_an_sae_that_returns_half_precision(relations, monkeypatch):
+    """An SAE whose encoder runs in autocast's dtype (an nn.Linear encoder) returns bf16 codes: the curves still come
+    back as fp32, close to the fp32 ones."""
+    t = relations.target(relations.units([5])[:4])
+    sae = relations.saes[5]
+    original = type(sae).encode_feature
+    monkeypatch.setattr(type(sae), "encode_feature", lambda self, x, f: original(self, x, f).to(torch.bfloat16))
+    scores = torch.rand(len(t), *t.grid, generator=torch.Generator().manual_seed(8))
+    half = run_curves(t, scores, "insertion", 8, precision="bf16").activations
+    monkeypatch.undo()
+    full = run_curves(t, scores, "insertion", 8).activations
+    assert half.dtype == np.float32
+    np.testing.assert_allclose(half, full, atol=0.1 * np.abs(full).max(), rtol=0)
+
+
+def test_memory_estimate_of_a_backbone_without_parameters():
+    assert bytes_per_image(PatchMeanBackbone(), 0, False) > 0  # counted as fp32
