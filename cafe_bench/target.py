@@ -99,9 +99,7 @@ class Target:
         """:meth:`forward` with one pass per distinct image: for inputs laid out like the target's own (its clean
         images or its baselines), units that share an image (:meth:`distinct_images`) share the pass. Inputs where
         such units' rows differ take one row per unit."""
-        if not hasattr(self, "_distinct"):
-            self._distinct = self.distinct_images()
-        rows, image_row = self._distinct
+        rows, image_row = self.distinct_images()
         if len(rows) == len(self.units) or not all(
             torch.equal(images_b3hw[u], images_b3hw[rows[g]]) for u, g in enumerate(image_row.tolist())
         ):
@@ -111,7 +109,9 @@ class Target:
     def distinct_images(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows (G,), image_row (B,)): ``images[rows]`` are the distinct images of the batch (equal image id and
         equal pixels) and unit u's image is ``images[rows][image_row[u]]``; units that share an image can share its
-        forward pass (:meth:`shared_activations`)."""
+        forward pass (:meth:`shared_activations`). Computed once per target (its images do not change)."""
+        if getattr(self, "_distinct", None) is not None:
+            return self._distinct
         first: dict = {}
         rows, image_row = [], []
         for u, unit in enumerate(self.units):
@@ -124,7 +124,11 @@ class Target:
                 image_row.append(len(rows))
                 rows.append(u)
         dev = self.device
-        return torch.tensor(rows, device=dev, dtype=torch.long), torch.tensor(image_row, device=dev, dtype=torch.long)
+        self._distinct = (
+            torch.tensor(rows, device=dev, dtype=torch.long),
+            torch.tensor(image_row, device=dev, dtype=torch.long),
+        )
+        return self._distinct
 
     def shared_activations(self, images_g3hw, image_row_n: torch.Tensor, tokens: bool = False, units=None):
         """z_k of units ``units`` (default all B), (N,), from one forward pass of G images: unit ``units[n]`` reads
