@@ -260,6 +260,64 @@ def test_shared_forward_under_lrp_rules_equals_one_row_per_unit(relations, rules
     torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-4)
 
 
+def _counting_shared_gradient(monkeypatch):
+    calls = []
+    real = gradient._shared_gradient
+
+    def counted(target, images, units):
+        calls.append((len(images), len(units)))
+        return real(target, images, units)
+
+    monkeypatch.setattr(gradient, "_shared_gradient", counted)
+    return calls
+
+
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_shared_integrated_gradients_equal_one_row_per_unit(relations, monkeypatch, chunk):
+    from cafe_bench.attributors.captum_methods import integrated_gradients
+
+    t = _shared_image_target(relations)
+    plain, plain_delta = integrated_gradients(t, n_steps=8, return_convergence_delta=True, shared=False)
+    if chunk is not None:  # one feature per batched backward pass
+        monkeypatch.setattr(gradient, "GRAD_CHUNK_BYTES", 1)
+    calls = _counting_shared_gradient(monkeypatch)
+    shared, delta = integrated_gradients(t, n_steps=8, batch_size=6, return_convergence_delta=True)
+    # 7 of the 8 units share one image and baseline, so a step has 2 distinct images; 6 images per pass: 3 steps per
+    # pass, and the 8 steps take 3 passes of the shared group
+    assert calls == [(3, 7), (3, 7), (2, 7)]
+    assert plain.abs().max() > 0
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(delta, plain_delta, atol=1e-5, rtol=1e-4)
+    one = torch.cat([integrated_gradients(relations.target([u]), n_steps=8) for u in t.units])
+    torch.testing.assert_close(plain, one, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_integrated_gradients_only_share_one_baseline(relations, monkeypatch):
+    from cafe_bench.attributors.captum_methods import integrated_gradients
+
+    t = _shared_image_target(relations)
+    t.baseline = t.baseline.clone()
+    t.baseline[1:3] = 0.5  # units 1 and 2 share the image but not the baseline of unit 0
+    calls = _counting_shared_gradient(monkeypatch)
+    shared = integrated_gradients(t, n_steps=4, batch_size=1000)
+    assert calls == [(4, 5)]  # units 0, 3, 4, 5, 7 share; 1 and 2 are rows (equal inputs, but only to each other)
+    torch.testing.assert_close(shared, integrated_gradients(t, n_steps=4, shared=False), atol=1e-5, rtol=1e-4)
+
+
+def test_shared_integrated_gradients_refuse_an_unknown_row_layout(relations, monkeypatch):
+    from captum.attr._core import integrated_gradients as captum_ig
+
+    from cafe_bench.attributors.captum_methods import integrated_gradients
+
+    def unit_major(args, n_steps, *rest):  # rows unit by unit instead of step by step
+        return tuple(a.repeat_interleave(n_steps) for a in args)
+
+    monkeypatch.setattr(captum_ig, "_expand_additional_forward_args", unit_major)
+    t = _shared_image_target(relations)
+    with pytest.raises(RuntimeError, match="not laid out step by step"):
+        integrated_gradients(t, n_steps=4)
+
+
 def test_shared_forward_gradient_without_patch_tokens():
     backbone = PatchMeanBackbone(patch_size=2, grid=(2, 2), n_blocks=2)
     sae = MatryoshkaBatchTopKSAE(4, 8, 4, [4, 8])

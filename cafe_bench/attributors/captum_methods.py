@@ -2,7 +2,9 @@
 
 Every method calls captum with the forward function ``(images, unit_idx) -> z_k`` and passes the unit
 index of each input row as an additional forward argument; captum expands it together with the inputs
-(interpolation steps, noise samples and ablations), so each row is always evaluated for its own unit.
+(interpolation steps, noise samples and ablations), so each row is always evaluated for its own unit. Integrated
+gradients replaces captum's gradient step with :func:`cafe_bench.attributors.gradient.path_gradients`, which lets
+units on one image share the forward passes of its interpolation points.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from captum.attr import FeatureAblation, IntegratedGradients, NoiseTunnel, Saliency
 
 from cafe_bench.attributors.base import Attributor, Cost, positive_int
+from cafe_bench.attributors.gradient import path_gradients, sharing_groups
 from cafe_bench.attributors.registry import register_attributor
 from cafe_bench.target import patches_to_pixels
 
@@ -66,13 +69,23 @@ def integrated_gradients(
     method: str = "gausslegendre",
     batch_size: int = 64,
     return_convergence_delta: bool = False,
+    shared: bool = True,
 ):
     """captum integrated gradients of every unit from its baseline image, pixel level (B, 3, H, W).
 
-    With ``return_convergence_delta`` also returns captum's delta per unit: sum of the attributions minus
+    With ``shared`` (default), captum's gradient step is :func:`path_gradients`: units on one image with one
+    baseline share the forward pass of each interpolated image and get their gradients from a backward pass batched
+    over them; ``batch_size`` then counts those shared images once. The attributions equal the unshared ones to float
+    rounding. With ``return_convergence_delta`` also returns captum's delta per unit: sum of the attributions minus
     (z_k(image) - z_k(baseline)).
     """
     ig = IntegratedGradients(_forward_func(target), multiply_by_inputs=True)
+    rows = len(target)
+    if shared:
+        ig.gradient_func = _path_gradient_func(target)
+        alone, groups = sharing_groups(target, torch.stack([target.images, target.baseline]))
+        rows = len(alone) + len(groups)  # images per interpolation step
+    steps_per_pass = max(1, int(batch_size) // rows)
     with torch.enable_grad():
         return ig.attribute(
             target.images,
@@ -80,9 +93,24 @@ def integrated_gradients(
             additional_forward_args=(_unit_index(target),),
             n_steps=n_steps,
             method=method,
-            internal_batch_size=max(int(batch_size), len(target)),
+            internal_batch_size=steps_per_pass * len(target),
             return_convergence_delta=return_convergence_delta,
         )
+
+
+def _path_gradient_func(target):
+    """captum's gradient step for integrated gradients, done by :func:`path_gradients`: captum stacks the
+    interpolated images step by step (row i * B + b: unit b at step i)."""
+    b = len(target)
+
+    def gradient_func(forward_fn, inputs, target_ind=None, additional_forward_args=None):
+        (x,) = inputs
+        s = len(x) // b
+        if not torch.equal(additional_forward_args[0], _unit_index(target).repeat(s)):
+            raise RuntimeError("captum's interpolation rows are not laid out step by step; use shared=False")
+        return (path_gradients(target, x.view(s, b, *x.shape[1:])).reshape(x.shape),)
+
+    return gradient_func
 
 
 @register_attributor("integrated_gradients")
@@ -96,8 +124,8 @@ class IntegratedGradientsAttributor(Attributor):
     Args:
         n_steps: points on the path (default 32).
         method: captum's quadrature rule (default ``"gausslegendre"``; ``"riemann_trapezoid"`` etc.).
-        batch_size: images per forward/backward pass (default 64; at least the number of units). Does not
-            change the scores.
+        batch_size: images per forward/backward pass (default 64; at least one interpolation step of every unit;
+            units that share an image and baseline share its images). Does not change the scores.
     """
 
     needs_grad = True

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from cafe_bench.attributors.base import Attributor, Cost
 from cafe_bench.attributors.registry import register_attributor
+from cafe_bench.memory import default_budget, images_per_batch
 
 GRAD_CHUNK_BYTES = 256 * 2**20
 """Memory for the per-feature gradients of one batched backward pass; more features are done in several."""
@@ -22,51 +25,95 @@ def input_gradient(target, shared: bool = True) -> torch.Tensor:
     gradients equal the rows' to float rounding (tests: gradient, grad x input and both LRP rule sets);
     ``benchmarks/test_bench_vitb.py`` measures the gain.
     """
-    if not shared or not hasattr(target, "distinct_images"):  # a stand-in target without the sharing surface
-        return _row_gradient(target, torch.arange(len(target), device=target.device))
-    rows, image_row = target.distinct_images()
-    counts = torch.bincount(image_row, minlength=len(rows))
-    alone = (counts[image_row] == 1).nonzero().flatten()
-    out = torch.empty_like(target.images)
+    return path_gradients(target, target.images[None], shared)[0]
+
+
+def path_gradients(target, inputs_sb3hw: torch.Tensor, shared: bool = True) -> torch.Tensor:
+    """d z_k / d pixels of unit b at each of its S inputs ``inputs[:, b]``, (S, B, 3, H, W): the gradients along
+    a path of images per unit (integrated gradients' interpolation points; S = 1: :func:`input_gradient`).
+
+    With ``shared`` (default), units on one image (:meth:`Target.distinct_images`) whose S inputs are equal too share
+    one forward pass of those S inputs and a backward pass batched over the units; the others are rows, one forward
+    and backward pass of S x B images. Both give the same gradients to float rounding.
+    """
+    s, b = inputs_sb3hw.shape[:2]
+    alone, groups = sharing_groups(target, inputs_sb3hw) if shared else (torch.arange(b, device=target.device), [])
+    out = torch.empty_like(inputs_sb3hw)
     if len(alone):
-        out[alone] = _row_gradient(target, alone)
-    for g in (counts > 1).nonzero().flatten().tolist():
-        units = (image_row == g).nonzero().flatten()
-        out[units] = _shared_gradient(target, int(rows[g]), units)
+        out[:, alone] = _row_gradient(target, inputs_sb3hw[:, alone], alone)
+    for row, units in groups:
+        out[:, units] = _shared_gradient(target, inputs_sb3hw[:, row], units)
     return out
 
 
-def _row_gradient(target, units: torch.Tensor) -> torch.Tensor:
-    """Gradients of ``units``, one image row each, from one forward and one backward pass."""
-    images = target.images[units].detach().clone().requires_grad_(True)
-    every = len(units) == len(target)  # all units in order: the Target's own forward
+def sharing_groups(target, inputs_sb3hw: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
+    """(units done as rows, [(representative unit, units sharing its inputs)]): groups of at least two units on one
+    image whose inputs are equal; a stand-in target without :meth:`Target.distinct_images` has none."""
+    everyone = torch.arange(inputs_sb3hw.shape[1], device=target.device)
+    if not hasattr(target, "distinct_images"):
+        return everyone, []
+    rows, image_row = target.distinct_images()
+    groups = []
+    for g, rep in enumerate(rows.tolist()):
+        units = [
+            u
+            for u in (image_row == g).nonzero().flatten().tolist()
+            if torch.equal(inputs_sb3hw[:, u], inputs_sb3hw[:, rep])
+        ]
+        if len(units) > 1:
+            groups.append((rep, torch.tensor(units, device=target.device)))
+    shared = torch.zeros(len(everyone), dtype=torch.bool, device=target.device)
+    for _, units in groups:
+        shared[units] = True
+    return everyone[~shared], groups
+
+
+def _row_gradient(target, inputs_sn3hw: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """Gradients of ``units`` at their inputs (S, n, 3, H, W), one image row each, from one forward and one backward
+    pass."""
+    s, n = inputs_sn3hw.shape[:2]
+    images = inputs_sn3hw.detach().reshape(s * n, *inputs_sn3hw.shape[2:]).clone().requires_grad_(True)
+    every = s == 1 and n == len(target)  # one image per unit, all units in order: the Target's own forward
     with torch.enable_grad():
-        z = target.forward(images) if every else target.activations(images, units)
+        z = target.forward(images) if every else target.activations(images, units.repeat(s))  # row i * n + j: unit j
         (grad,) = torch.autograd.grad(z.sum(), images)
-    return grad
+    return grad.view_as(inputs_sn3hw)
 
 
-def _shared_gradient(target, row: int, units: torch.Tensor) -> torch.Tensor:
-    """Gradients of ``units``, all on image ``row``: one forward pass of it, a backward pass batched over the units
-    (in chunks of at most ``GRAD_CHUNK_BYTES`` of gradients), then once through the patch embedding."""
+def _shared_gradient(target, images_s3hw: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """Gradients of the k ``units`` that all read the S images, (S, k, 3, H, W): one forward pass of the images, a
+    backward pass batched over the units (in chunks: at most ``GRAD_CHUNK_BYTES`` of gradients, and the memory
+    budget of the device for the batched pass), then once through the patch embedding."""
     tokens = target.has_patch_tokens
-    image = target.images[row : row + 1].detach()
-    with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention has no batched backward
-        inputs = (target.patch_tokens(image) if tokens else image.clone()).detach().requires_grad_(True)
-        z = target.shared_activations(inputs, torch.zeros_like(units), tokens=tokens, units=units)  # (k,)
-        k = len(units)
-        per_chunk = max(1, GRAD_CHUNK_BYTES // (inputs.numel() * inputs.element_size()))
-        eye = torch.eye(k, dtype=z.dtype, device=z.device)
+    images = images_s3hw.detach()
+    s, k = len(images), len(units)
+    token_size = target.n_patches * target.backbone.width if tokens else 0
+    per_unit = s * max(token_size, images[0].numel()) * images.element_size()  # one unit's gradients
+    fits = images_per_batch(target.backbone, max(u.layer for u in target.units), tokens, default_budget(images.device))
+    per_chunk = max(1, min(GRAD_CHUNK_BYTES // per_unit, fits // s))
+    per_chunk = -(-k // -(-k // per_chunk))  # chunks of equal size: 8 + 8 rather than 15 + 1
+    # a batched backward pass needs the plain attention (the fused CPU kernel has none); one unit at a time does not
+    kernel = sdpa_kernel(SDPBackend.MATH) if per_chunk > 1 else nullcontext()
+    with torch.enable_grad(), kernel:
+        inputs = (target.patch_tokens(images) if tokens else images.clone()).detach().requires_grad_(True)
+        unit_rows = units.repeat_interleave(s)  # row j * S + i: unit j at image i
+        z = target.shared_activations(inputs, torch.arange(s, device=images.device).repeat(k), tokens, unit_rows)
+        pick = torch.eye(k, dtype=z.dtype, device=z.device).repeat_interleave(s, dim=1)  # unit j's S outputs
         grads = []
         for lo in range(0, k, per_chunk):
             hi = min(k, lo + per_chunk)
-            (g,) = torch.autograd.grad(z, inputs, eye[lo:hi], retain_graph=hi < k, is_grads_batched=True)
-            grads.append(g[:, 0])  # (chunk, *input)
-        grad = torch.cat(grads)
-        if tokens:
-            images = image.expand(k, -1, -1, -1).clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(target.patch_tokens(images), images, grad)
-    return grad
+            if per_chunk > 1:
+                (g,) = torch.autograd.grad(z, inputs, pick[lo:hi], retain_graph=hi < k, is_grads_batched=True)
+            else:
+                (g,) = torch.autograd.grad(z, inputs, pick[lo], retain_graph=hi < k)
+                g = g[None]
+            if tokens:  # (c, S, P, d) -> pixels, through the patch embedding of c x S copies of the images
+                copies = images.expand(hi - lo, *images.shape).reshape(-1, *images.shape[1:]).clone()
+                copies.requires_grad_(True)
+                (g,) = torch.autograd.grad(target.patch_tokens(copies), copies, g.reshape(-1, *g.shape[2:]))
+                g = g.view(hi - lo, *images.shape)
+            grads.append(g)
+    return torch.cat(grads).transpose(0, 1)
 
 
 @register_attributor("gradient")
