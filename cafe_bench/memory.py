@@ -45,11 +45,14 @@ def parse_memory(value) -> int:
 
 
 def default_budget(device) -> int:
-    """The budget when none is given: on CUDA 80 % of the device's free memory; on CPU ``CPU_WORKING_SET``."""
+    """The budget when none is given: on CUDA 80 % of the device's free memory, counting what torch's caching
+    allocator holds but does not use as free (it is torch's to reuse; the driver counts it as taken); on CPU
+    ``CPU_WORKING_SET``."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(0.8 * free)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(0.8 * (free + cached))
     return CPU_WORKING_SET
 
 

@@ -245,6 +245,14 @@ def validity(
         reference = None
     elif reference is None:
         notes.append(f"suite {suite.name!r} has no frozen reference: no ground truth or oracle")
+    precision = config.get("precision") or "fp32"
+    if reference is not None and precision != "fp32":
+        from cafe_bench.protocols.engine import PRECISION_TOLERANCE
+
+        notes.append(
+            f"the run's curves are {precision}, the reference's oracle and ground truth fp32: per-unit AUCs may "
+            f"differ from an fp32 run's by up to {PRECISION_TOLERANCE[precision]:g} (the stated tolerance)"
+        )
     ref = by_unit(reference) if reference is not None else {}
     scores = read_scores(run_dir) if ref else {}
     local = _unit_nonlocality(suite, records, config["baseline"], reference)  # every unit, dead ones too

@@ -2,7 +2,7 @@
 ViT-L/14 at 224 px (16 x 16 patches, 257 tokens, width 1024), into benchmarks/results/paper_scale.json (read by
 scripts/update_readme.py).
 
-    python scripts/estimate_paper_scale.py [--steps 32] [--batch 8] [--gpu-tflops 300]
+    python scripts/estimate_paper_scale.py [--steps 32] [--batch 8] [--gpu-tflops 300] [--gpu-memory-gib 80]
 
 Counted: forward passes (each to the SAE's block only) of the curves, (S - 1) per unit, method and protocol (the
 two endpoints are shared), and of the attributions, each method's declared forward and backward passes per unit
@@ -10,7 +10,8 @@ two endpoints are shared), and of the attributions, each method's declared forwa
 2 n (12 d^2) + 4 n^2 d per block (n tokens, width d), patch embedding included. Measured here: the CPU
 throughput of ViT-L/14 (random weights, open_clip) to blocks 8 and 22 at ``--batch``, with which the CPU time is
 extrapolated. No GPU is measured: the GPU-hours rest on an assumed sustained throughput (``--gpu-tflops``,
-default 300 TFLOP/s: about a third of an H100's dense bf16 peak) and say so.
+default 300 TFLOP/s: about a third of an H100's dense bf16 peak) and say so. The forward batch comes from the
+engine's own memory model (``cafe_bench.memory``) for a GPU of ``--gpu-memory-gib``.
 """
 
 import argparse
@@ -21,6 +22,7 @@ import torch
 
 from cafe_bench.attributors.registry import get_attributor
 from cafe_bench.files import write_json_atomic
+from cafe_bench.memory import CPU_WORKING_SET, bytes_per_image, images_per_batch
 from cafe_bench.models import load_backbone
 from cafe_bench.provenance import collect
 from cafe_bench.runner import DEFAULT_METHODS
@@ -48,12 +50,29 @@ def measure(backbone, layer: int, batch: int, rounds: int = 2) -> float:
     return batch / best
 
 
+def memory_model(backbone, gpu_gib: float) -> dict:
+    """The engine's memory model (``cafe_bench.memory``) for ViT-L/14: bytes per image at the deepest block (in the
+    weights' dtype, fp32; the engine keeps that batch under bf16 autocast too) and the forward batch it gives on a GPU
+    of ``gpu_gib`` (80 % of it, the default budget of an idle device) and on CPU (the default working set)."""
+    per_image = bytes_per_image(backbone, LAYERS - 1, tokens=True)
+    gpu_budget = int(0.8 * gpu_gib * 2**30)
+    return {
+        "bytes_per_image_fp32": per_image,
+        "gpu_memory_gib": gpu_gib,
+        "gpu_budget_bytes": gpu_budget,
+        "gpu_images_per_batch_fp32": images_per_batch(backbone, LAYERS - 1, True, gpu_budget),
+        "cpu_budget_bytes": CPU_WORKING_SET,
+        "cpu_images_per_batch_fp32": images_per_batch(backbone, LAYERS - 1, True, CPU_WORKING_SET),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=32, help="curve steps (default 32, as suites/clip-vit-l14.toml)")
     parser.add_argument("--batch", type=int, default=8, help="images per measured forward pass (default 8)")
     parser.add_argument("--gpu-tflops", type=float, default=300.0, help="assumed sustained GPU TFLOP/s (default 300)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--gpu-memory-gib", type=float, default=80.0, help="GPU memory for the batch size (default 80)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     n_patches = 256
@@ -98,11 +117,7 @@ def main() -> None:
             "measured": False,
             "note": "no GPU measured; the hours assume this sustained throughput",
         },
-        "memory_per_batch_of_512_gib": round(
-            # inference activations at once: the widest tensor (MLP hidden, 4d) and the attention matrix, fp32
-            512 * (257 * 4 * 1024 + 16 * 257 * 257) * 4 / 2**30,
-            2,
-        ),
+        "memory": memory_model(backbone, args.gpu_memory_gib),
         "measure_s": round(time.perf_counter() - started, 1),
         "provenance": collect("cpu"),
     }

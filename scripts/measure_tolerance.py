@@ -3,10 +3,11 @@
 Runs all built-in methods on the ``tiny`` suite under five conditions, each in its own subprocess so that the torch
 thread count and the CPU kernel choice are set before any work, and compares each with ``reference``:
 
-    reference  torch's default thread count, unit_batch 32, forward_batch 512
+    reference  the defaults: torch's default thread count, unit_batch 32, forward batches from the memory budget
     rerun      identical to reference, a second process (expected bit-identical)
     threads1   torch.set_num_threads(1)
-    batches    unit_batch 8, forward_batch 64 (different batch composition)
+    batches    unit_batch 8, forward_batch 64 (different batch composition: other units share an image, other
+               images share a forward pass)
     isa_avx2   torch and MKL kernels limited to AVX2 (stands in for a run on another CPU; slow on AVX-512 machines)
 
 Per condition, method and protocol it reports the max |dAUC| over units, the number of units whose curve differs at
@@ -36,11 +37,11 @@ import pandas as pd
 
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}  # an AVX2-only CPU, emulated
 CONDITIONS = {  # name: (torch threads or None for torch's default, unit_batch, forward_batch, extra environment)
-    "reference": (None, 32, 512, {}),
-    "rerun": (None, 32, 512, {}),
-    "threads1": (1, 32, 512, {}),
+    "reference": (None, 32, None, {}),
+    "rerun": (None, 32, None, {}),
+    "threads1": (1, 32, None, {}),
     "batches": (None, 8, 64, {}),
-    "isa_avx2": (None, 32, 512, AVX2),
+    "isa_avx2": (None, 32, None, AVX2),
 }
 OVERALL = ("max_abs_dauc", "max_abs_dauc_excluding_tie_sensitive", "max_abs_dmean_over_layers")
 KEY = ["layer", "feature", "image_id", "token", "method", "protocol"]

@@ -255,6 +255,19 @@ def baselines() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _reruns(conditions: dict) -> str:
+    """How far a rerun moved the per-unit AUCs: in another process, with one thread, with other batches."""
+    cases = {"rerun": "in another process", "threads1": "with one torch thread", "batches": "with other batches"}
+    if all(conditions[c]["n_units_differ"] == 0 for c in cases):
+        return "a rerun was bit-identical in another process, with one torch thread and with other batches"
+    moved = [
+        f"{how} {'bit-identical' if conditions[c]['n_units_differ'] == 0 else 'within '}"
+        + (f"{conditions[c]['max_abs_dauc']:.1e} AUC" if conditions[c]["n_units_differ"] else "")
+        for c, how in cases.items()
+    ]
+    return "a rerun was " + ", ".join(moved)
+
+
 def gate() -> str:
     from cafe_bench.compare import DEFAULT_TOLERANCE
 
@@ -283,10 +296,8 @@ def gate() -> str:
         )
     lines += [
         "",
-        f"On one machine a rerun was bit-identical whatever the thread count or batching (measured before the "
-        f"engine's budgeted batches and the shared forward pass of gradient methods, which can move scores by float "
-        f"rounding when the batching changes); other CPU kernels move AUCs by float noise only "
-        f"(at most {overall['max_abs_dauc']:.1e}). The default `--tolerance` is "
+        f"On one machine {_reruns(conditions)}; other CPU kernels move AUCs by float noise only (at most "
+        f"{overall['max_abs_dauc']:.1e}). The default `--tolerance` is "
         f"**{DEFAULT_TOLERANCE:g}** AUC, {DEFAULT_TOLERANCE / overall['max_abs_dauc']:.0f}× the largest per-unit "
         "noise seen. What it does not cover: near-tied patch scores. For most gradient-type methods some units "
         "have two patches on either side of a step boundary whose scores differ by less than 1e-5 relative; "
@@ -430,20 +441,31 @@ def vitb() -> str:
         f"({_seconds(pure)}), so nearly all of its time is that forward pass. The curves agree to 1e-4 (asserted in "
         "the benchmark)."
     ]
-    for method in ("gradient", "grad_x_input"):
-        group = next(g for g in groups if "16 features" in g)
+    group = next(g for g in groups if "16 features" in g)
+    for method in ("gradient", "grad_x_input", "integrated_gradients"):
         shared = [b for b in doc["benchmarks"] if b["group"] == group and b["params"]["method"] == method]
+        if not shared:
+            continue
         t = {b["params"]["kind"]: b["stats"]["median"] for b in shared}
+        if method == "integrated_gradients":
+            steps = shared[0]["extra_info"]["n_steps"]
+            how = (
+                f"one forward pass of each of the image's {steps} interpolation points, shared by the features, then "
+                "a backward pass per feature"
+            )
+            target = "the issue sets no target for it"
+        else:
+            how = "one forward pass of the image, a backward pass batched over the 16 features with `is_grads_batched`"
+            target = "target ≥ 3×"
         line = (
-            f"16 features on one image, `{method}`: the engine (one forward pass of the image, a backward pass batched "
-            f"over the 16 features with `is_grads_batched`) takes {_seconds(t['engine'])}, one forward and backward "
-            f"pass per feature {_seconds(t['one_by_one'])}: **{t['one_by_one'] / t['engine']:.2f}×** (target ≥ 3×; "
+            f"16 features on one image, `{method}`: the engine ({how}) takes {_seconds(t['engine'])}, one attribution "
+            f"per feature {_seconds(t['one_by_one'])}: **{t['one_by_one'] / t['engine']:.2f}×** ({target}; "
             f"maps equal to 1e-5; each time includes building the Target, whose clean activation also takes one "
             f"forward pass per distinct image)."
         )
         if "rows" in t:
             line += (
-                f" The image in 16 rows of one batched forward and backward pass takes {_seconds(t['rows'])} "
+                f" The image in 16 rows of batched forward and backward passes takes {_seconds(t['rows'])} "
                 f"({t['one_by_one'] / t['rows']:.2f}×)."
             )
         lines.append(line)
@@ -525,7 +547,7 @@ def precision() -> str:
 def paper_scale() -> str:
     doc = _json(RESULTS / "paper_scale.json")
     w, f, p = doc["workload"], doc["flops"], doc["forward_passes"]
-    cpu, gpu = doc["cpu"], doc["gpu"]
+    cpu, gpu, mem = doc["cpu"], doc["gpu"], doc["memory"]
     rates = ", ".join(f"{v:.2f} images/s to block {k}" for k, v in cpu["measured_images_per_s"].items())
     return (
         f"**Paper scale** (`python scripts/estimate_paper_scale.py`, `benchmarks/results/paper_scale.json`, "
@@ -537,8 +559,12 @@ def paper_scale() -> str:
         f"layers). Measured on this CPU ({doc['provenance']['torch_threads']} torch threads, batch {cpu['batch']}): "
         f"{rates}, {cpu['sustained_gflops']:.0f} GFLOP/s sustained, so **{cpu['hours']:,.0f} CPU-hours**. No GPU "
         f"was measured: at an assumed sustained {gpu['assumed_tflops']:.0f} TFLOP/s it would be **"
-        f"{gpu['hours']:.1f} GPU-hours** (an assumption, not a measurement). A batch of 512 images holds about "
-        f"{doc['memory_per_batch_of_512_gib']:.1f} GiB of activations at once in fp32 inference.\n"
+        f"{gpu['hours']:.1f} GPU-hours** (an assumption, not a measurement). The engine's memory model "
+        f"(`cafe_bench.memory`) puts one ViT-L/14 image at block 23 at {mem['bytes_per_image_fp32'] / 2**20:.0f} MiB "
+        f"in fp32, so the default budget (80 % of a free {mem['gpu_memory_gib']:g} GiB GPU) runs "
+        f"{mem['gpu_images_per_batch_fp32']} images per forward pass (also under `--precision bf16`, whose "
+        f"activations take half), and the CPU default ({mem['cpu_budget_bytes'] / 2**20:.0f} MiB) "
+        f"{mem['cpu_images_per_batch_fp32']}.\n"
     )
 
 

@@ -167,3 +167,20 @@ def test_the_default_suite_meets_its_discrimination_target(relations_committed):
     assert deepest["median_share"] <= 0.6 and deepest["fraction_at_least_0.8"] < 0.5
     tiny = early_share(read_run(BOARDS / "tiny")[0].query("layer == 5"))
     assert tiny["median_share"] > 0.9  # the suite it replaces as default does not
+
+
+def test_validity_notes_a_reduced_precision_run_against_the_fp32_reference(tmp_path):
+    import shutil
+
+    from cafe_bench.validity import validity
+
+    run = tmp_path / "relations"
+    shutil.copytree(BOARDS / "relations", run)
+    doc = json.loads((run / "run.json").read_text())
+    doc["config"]["precision"] = "bf16"
+    (run / "run.json").write_text(json.dumps(doc))
+    notes = validity(run, sanity_units=0, n_resamples=10, progress=False)["notes"]
+    assert any("curves are bf16" in n and "0.05" in n for n in notes), notes
+    assert not any(
+        "bf16" in n for n in validity(BOARDS / "relations", sanity_units=0, n_resamples=10, progress=False)["notes"]
+    )

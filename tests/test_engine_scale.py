@@ -166,6 +166,14 @@ def test_batch_size_follows_the_budget(open_clip_target, monkeypatch):
     np.testing.assert_allclose(small, large, atol=1e-5, rtol=0)
 
 
+def test_cuda_budget_counts_the_allocators_cache_as_free(monkeypatch):
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 6 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 2 * gib)
+    assert default_budget("cuda") == int(0.8 * 14 * gib)  # 10 free + 4 cached but unused
+
+
 _PEAK = """
 import json, sys, torch
 from cafe_bench.memory import bytes_per_image, images_per_batch
