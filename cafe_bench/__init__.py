@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.1.0"
+DEFAULT_SUITE = "relations"
+"""The suite ``run``, ``sanity`` and ``validate-attributor`` use when none is named."""
 
 _LAZY = {
     "run": "cafe_bench.runner:run",

@@ -6,9 +6,9 @@ import argparse
 import sys
 import warnings
 
+from cafe_bench import DEFAULT_SUITE
 from cafe_bench.errors import CafeBenchError
 from cafe_bench.featuresets import command as featureset_command
-from cafe_bench.suites import DEFAULT_SUITE
 
 
 def _csv(value: str) -> list[str]:

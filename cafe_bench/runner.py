@@ -39,7 +39,9 @@ NORMALISATION = "z_k(perturbed) / z_k(clean), no clipping"
 AUC_RULE = "trapezoid over the fraction of patches, both ends included"
 
 
-def _resolve_device(device: str) -> str:
+def resolve_device(device: str) -> str:
+    """``cpu`` or ``cuda`` from ``auto`` (CUDA when torch sees a device), ``cpu`` or ``cuda``; raises UnknownNameError
+    naming the choices, or RunConfigError for ``cuda`` without a device."""
     valid = ("auto", "cpu", "cuda")
     if device not in valid:
         raise UnknownNameError(f"unknown device {device!r}; valid: {', '.join(valid)}")
@@ -224,7 +226,7 @@ def run(
     if isinstance(suite, Suite):
         device = str(suite.device)  # a loaded suite runs where it lives
     else:
-        device = _resolve_device(device)
+        device = resolve_device(device)
         suite = load_suite(suite, device=device)
     if resume and out is None:
         raise RunConfigError("--resume needs --out: the directory of the run to continue")

@@ -160,10 +160,10 @@ def distributed_run(out, device: str = "cpu", **run_kwargs):
     import torch.distributed as dist
 
     from cafe_bench.results import read_run
-    from cafe_bench.runner import _resolve_device, run
+    from cafe_bench.runner import resolve_device, run
 
     rank, world = torchrun_rank()
-    device = _resolve_device(device)
+    device = resolve_device(device)
     if device.startswith("cuda"):
         import os
 

@@ -159,3 +159,14 @@ def test_argument_errors_are_one_line_exit_2(argv, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error:" in err
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["featureset", "build", "--help"]])
+def test_help_loads_no_torch(args):
+    code = (
+        "import sys\nfrom cafe_bench import cli\nsys.argv = ['cafe-bench', *sys.argv[1:]]\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+        "print('loaded:', [m for m in ('torch', 'pandas', 'open_clip') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True).stdout
+    assert "usage: cafe-bench" in out and out.strip().endswith("loaded: []")

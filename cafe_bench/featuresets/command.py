@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from cafe_bench.featuresets.stream import FeatureSetError, SelectionRules
+from cafe_bench.featuresets.rules import FeatureSetError, SelectionRules
 
 _PAIR = re.compile(r"^\s*(\d+)\s*=(.+)$")
 

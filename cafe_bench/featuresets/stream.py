@@ -33,15 +33,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cafe_bench.errors import CafeBenchError
 from cafe_bench.featuresets.builder import STREAM_FORMAT, feature_set_sha256, units_sha256, write_feature_set
+from cafe_bench.featuresets.rules import FeatureSetError, SelectionRules
 
 __all__ = [
     "FORMAT",
@@ -56,47 +56,6 @@ FORMAT = STREAM_FORMAT
 """The ``format`` field of a feature set written by this builder."""
 CHUNK_CODES = 1 << 22
 """At most this many codes (float32: 16 MiB) are encoded at once; a single image is never split."""
-
-
-class FeatureSetError(CafeBenchError):
-    """A feature set that cannot be built as asked: too few qualifying features, bad rules, layers or SAEs."""
-
-
-@dataclass(frozen=True)
-class SelectionRules:
-    """How units are chosen (the full rule is in this module's docstring)."""
-
-    per_layer: int = 8
-    """Features drawn per layer."""
-    images_per_feature: int = 2
-    """Top-activating images per feature (one unit each)."""
-    seed: int = 0
-    """Seed of the feature draw (``default_rng([seed, layer])``)."""
-    min_frequency: float = 1e-4
-    """Lower edge of the firing-frequency band (share of patch tokens where the feature is > 0)."""
-    max_frequency: float = 0.05
-    """Upper edge of the band."""
-    min_images: int | None = None
-    """A feature is alive when it peaks > 0 on at least this many images; None: ``images_per_feature``."""
-
-    def __post_init__(self):
-        if self.min_images is None:
-            object.__setattr__(self, "min_images", self.images_per_feature)
-        for name in ("per_layer", "images_per_feature", "min_images"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise FeatureSetError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise FeatureSetError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if self.min_images < self.images_per_feature:
-            raise FeatureSetError(
-                f"min_images {self.min_images} is below images_per_feature {self.images_per_feature}: "
-                "a feature could be drawn without enough images"
-            )
-        if not 0 < self.min_frequency <= self.max_frequency <= 1:
-            raise FeatureSetError(
-                f"frequency band [{self.min_frequency}, {self.max_frequency}] must satisfy 0 < min <= max <= 1"
-            )
 
 
 class _LayerStats:
@@ -327,7 +286,7 @@ def build_from_names(
     >>> build_from_names("open_clip:ViT-B-32", "vitb32.safetensors", {6: "sae6"}, images="val", out="fs.json")
     """
     from cafe_bench.models.factory import load_backbone
-    from cafe_bench.runner import _resolve_device
+    from cafe_bench.runner import resolve_device
     from cafe_bench.sae import load_sae
     from cafe_bench.sae.loading import check_sae_at_block
 
@@ -340,7 +299,7 @@ def build_from_names(
     source = _image_source(images)
     paths = {int(layer): Path(path).expanduser() for layer, path in saes.items()}
     loaded = {layer: load_sae(path, format=sae_format) for layer, path in sorted(paths.items())}
-    device = _resolve_device(device)
+    device = resolve_device(device)
     backbone = load_backbone(model, pretrained, device=device, **(model_kwargs or {}))
     for layer, sae in loaded.items():
         if not 0 <= layer < backbone.n_blocks:

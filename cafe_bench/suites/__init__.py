@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cafe_bench import DEFAULT_SUITE
 from cafe_bench.errors import CafeBenchError, SuiteError, UnknownNameError
 from cafe_bench.featuresets.builder import read_feature_set
 from cafe_bench.protocols.baselines import make_baseline
@@ -28,8 +29,6 @@ BUILTIN_SUITES = {
     "photos": Path(__file__).parent / "photos",
 }
 """Built-in suite name -> directory."""
-DEFAULT_SUITE = "relations"
-"""The suite ``run``, ``sanity`` and ``validate-attributor`` use when none is named."""
 
 
 def list_suites() -> list[str]:
