@@ -25,8 +25,14 @@ LIBRARIES = (
 )
 
 
+CODE_PATHS = ("cafe_bench", "pyproject.toml")
+"""What of the checkout is code: the package and its dependencies."""
+
+
 def package_git_commit() -> str | None:
-    """Commit of the cafe_bench checkout this code runs from (suffix ``-dirty`` if modified), or None."""
+    """Commit of the cafe_bench checkout this code runs from, or None; suffix ``-dirty`` if the code differs from it:
+    a changed or new file under ``CODE_PATHS`` (results written elsewhere in the checkout, such as the boards a run
+    regenerates, do not count)."""
     root = Path(__file__).resolve().parent.parent
     try:
         # only when this very file is tracked there: an installed copy inside another repository has no commit
@@ -40,7 +46,7 @@ def package_git_commit() -> str | None:
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(root), "status", "--porcelain", "--", *CODE_PATHS],
             capture_output=True,
             text=True,
             timeout=5,
