@@ -139,7 +139,7 @@ def test_many_features_on_one_image(benchmark, shared_image_case, method, kind):
     def make(idx):
         return Target(target.backbone, target.saes, [units[i] for i in idx], images[idx], base[idx], [0] * len(idx))
 
-    def rows():  # the image repeated in 16 rows: one batched forward and backward pass
+    def rows():  # the image repeated in 16 rows: batched forward and backward passes
         t = make(list(range(16)))
         if method == "integrated_gradients":
             return t.pool(integrated_gradients(t, IG_STEPS, shared=False))

@@ -116,7 +116,7 @@ def main() -> None:
         return run_condition(args.condition, args.workdir)
     import torch
 
-    import cafe_bench
+    from cafe_bench.provenance import package_git_commit
 
     with tempfile.TemporaryDirectory(prefix="cafe_tol_") as tmp:
         workdir = args.workdir or Path(tmp)
@@ -136,9 +136,7 @@ def main() -> None:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "cafe_bench_commit": subprocess.run(
-            ["git", "-C", str(Path(cafe_bench.__file__).parent), "rev-parse", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
+        "cafe_bench_commit": package_git_commit(),
         "suite": "tiny",
         "seed": 0,
         "n_records": len(ref),

@@ -258,14 +258,20 @@ def baselines() -> str:
 def _reruns(conditions: dict) -> str:
     """How far a rerun moved the per-unit AUCs: in another process, with one thread, with other batches."""
     cases = {"rerun": "in another process", "threads1": "with one torch thread", "batches": "with other batches"}
-    if all(conditions[c]["n_units_differ"] == 0 for c in cases):
-        return "a rerun was bit-identical in another process, with one torch thread and with other batches"
+    same = [how for c, how in cases.items() if conditions[c]["n_units_differ"] == 0]
     moved = [
-        f"{how} {'bit-identical' if conditions[c]['n_units_differ'] == 0 else 'within '}"
-        + (f"{conditions[c]['max_abs_dauc']:.1e} AUC" if conditions[c]["n_units_differ"] else "")
+        f"{how} within {conditions[c]['max_abs_dauc']:.1e} AUC"
         for c, how in cases.items()
+        if conditions[c]["n_units_differ"]
     ]
-    return "a rerun was " + ", ".join(moved)
+    parts = []
+    if same:
+        parts.append(
+            "a rerun was bit-identical " + ", ".join(same[:-1]) + (" and " if len(same) > 1 else "") + same[-1]
+        )
+    if moved:
+        parts.append("a rerun stayed " + ", ".join(moved))
+    return "; ".join(parts)
 
 
 def gate() -> str:
@@ -453,9 +459,12 @@ def vitb() -> str:
                 f"one forward pass of each of the image's {steps} interpolation points, shared by the features, then "
                 "a backward pass per feature"
             )
-            target = "the issue sets no target for it"
+            target = "no target is set for it"
         else:
-            how = "one forward pass of the image, a backward pass batched over the 16 features with `is_grads_batched`"
+            how = (
+                "one forward pass of the image, backward passes batched over the 16 features with "
+                "`is_grads_batched`, in chunks the CPU memory budget allows"
+            )
             target = "target ≥ 3×"
         line = (
             f"16 features on one image, `{method}`: the engine ({how}) takes {_seconds(t['engine'])}, one attribution "

@@ -300,6 +300,18 @@ def test_shared_integrated_gradients_equal_one_row_per_unit(relations, monkeypat
     torch.testing.assert_close(plain, one, atol=1e-5, rtol=1e-4)
 
 
+def test_shared_integrated_gradients_bound_captums_interpolated_images(relations, monkeypatch):
+    from cafe_bench.attributors import captum_methods
+
+    t = _shared_image_target(relations)
+    per_row = t.images[0].numel() * t.images.element_size()
+    monkeypatch.setattr(captum_methods, "PATH_ROWS_BYTES", 2 * len(t) * per_row)  # 2 steps of all 8 units
+    calls = _counting_shared_gradient(monkeypatch)
+    capped = captum_methods.integrated_gradients(t, n_steps=8, batch_size=1000)
+    assert calls == [(2, 7)] * 4  # without the bound: one pass of all 8 steps
+    torch.testing.assert_close(capped, captum_methods.integrated_gradients(t, 8, shared=False), atol=1e-5, rtol=1e-4)
+
+
 def test_shared_integrated_gradients_only_share_one_baseline(relations, monkeypatch):
     from cafe_bench.attributors.captum_methods import integrated_gradients
 

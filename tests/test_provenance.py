@@ -21,6 +21,7 @@ def checkout(tmp_path):
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
     (tmp_path / "leaderboards").mkdir()
     (tmp_path / "leaderboards" / "board.json").write_text("{}")
+    (tmp_path / ".gitignore").write_text("__pycache__/\n")  # as the project's: loading the module writes bytecode
     _git(tmp_path, "init", "-q")
     _git(tmp_path, "add", ".")
     _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "code")

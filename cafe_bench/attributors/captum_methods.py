@@ -20,6 +20,10 @@ from cafe_bench.attributors.gradient import path_gradients, sharing_groups
 from cafe_bench.attributors.registry import register_attributor
 from cafe_bench.target import patches_to_pixels
 
+PATH_ROWS_BYTES = 256 * 2**20
+"""Shared integrated gradients: at most this much of interpolated images (one per unit and step) per captum pass,
+whatever ``batch_size`` allows once shared images count once."""
+
 
 def _forward_func(target):
     """captum's view of the target: z_k of row n for unit ``unit_idx[n]``."""
@@ -74,18 +78,21 @@ def integrated_gradients(
     """captum integrated gradients of every unit from its baseline image, pixel level (B, 3, H, W).
 
     With ``shared`` (default), captum's gradient step is :func:`path_gradients`: units on one image with one
-    baseline share the forward pass of each interpolated image and get their gradients from a backward pass batched
-    over them; ``batch_size`` then counts those shared images once. The attributions equal the unshared ones to float
-    rounding. With ``return_convergence_delta`` also returns captum's delta per unit: sum of the attributions minus
+    baseline share the forward pass of each interpolated image and get their gradients from backward passes batched
+    over them; ``batch_size`` then counts those shared images once, and captum's interpolated images (one per unit
+    and step) are kept under ``PATH_ROWS_BYTES`` a pass. The attributions equal the unshared ones to float rounding.
+    With ``return_convergence_delta`` also returns captum's delta per unit: sum of the attributions minus
     (z_k(image) - z_k(baseline)).
     """
     ig = IntegratedGradients(_forward_func(target), multiply_by_inputs=True)
-    rows = len(target)
-    if shared:
-        ig.gradient_func = _path_gradient_func(target)
+    steps_per_pass = max(1, int(batch_size) // len(target))
+    if shared:  # equal images and baselines: equal interpolation points
         alone, groups = sharing_groups(target, torch.stack([target.images, target.baseline]))
-        rows = len(alone) + len(groups)  # images per interpolation step
-    steps_per_pass = max(1, int(batch_size) // rows)
+        ig.gradient_func = _path_gradient_func(target, (alone, groups))
+        distinct = len(alone) + len(groups)  # images per interpolation step that take a forward pass
+        per_row = target.images[0].numel() * target.images.element_size()
+        rows = max(1, PATH_ROWS_BYTES // per_row)  # captum still builds every unit's interpolated images
+        steps_per_pass = max(1, min(int(batch_size) // distinct, rows // len(target)))
     with torch.enable_grad():
         return ig.attribute(
             target.images,
@@ -98,9 +105,9 @@ def integrated_gradients(
         )
 
 
-def _path_gradient_func(target):
-    """captum's gradient step for integrated gradients, done by :func:`path_gradients`: captum stacks the
-    interpolated images step by step (row i * B + b: unit b at step i)."""
+def _path_gradient_func(target, groups):
+    """captum's gradient step for integrated gradients, done by :func:`path_gradients` with the units' sharing
+    ``groups``: captum stacks the interpolated images step by step (row i * B + b: unit b at step i)."""
     b = len(target)
 
     def gradient_func(forward_fn, inputs, target_ind=None, additional_forward_args=None):
@@ -108,7 +115,7 @@ def _path_gradient_func(target):
         s = len(x) // b
         if not torch.equal(additional_forward_args[0], _unit_index(target).repeat(s)):
             raise RuntimeError("captum's interpolation rows are not laid out step by step; use shared=False")
-        return (path_gradients(target, x.view(s, b, *x.shape[1:])).reshape(x.shape),)
+        return (path_gradients(target, x.view(s, b, *x.shape[1:]), groups=groups).reshape(x.shape),)
 
     return gradient_func
 

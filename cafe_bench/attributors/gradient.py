@@ -20,24 +20,31 @@ def input_gradient(target, shared: bool = True) -> torch.Tensor:
 
     Units on different images are independent rows, so the gradient of the sum is each row's own gradient. With
     ``shared`` (default), the units of an image that holds several share one forward pass of it, and their
-    gradients come from one backward pass batched over them (``torch.autograd.grad(..., is_grads_batched=True)``),
-    to the patch tokens where the backbone exposes them; units alone on their image are rows as before. The
+    gradients come from backward passes batched over them (``torch.autograd.grad(..., is_grads_batched=True)``) in
+    chunks sized by the device's default memory budget, to the patch tokens where the backbone exposes them (see
+    :func:`path_gradients`); units alone on their image are rows as before. The
     gradients equal the rows' to float rounding (tests: gradient, grad x input and both LRP rule sets);
     ``benchmarks/test_bench_vitb.py`` measures the gain.
     """
     return path_gradients(target, target.images[None], shared)[0]
 
 
-def path_gradients(target, inputs_sb3hw: torch.Tensor, shared: bool = True) -> torch.Tensor:
+def path_gradients(target, inputs_sb3hw: torch.Tensor, shared: bool = True, groups=None) -> torch.Tensor:
     """d z_k / d pixels of unit b at each of its S inputs ``inputs[:, b]``, (S, B, 3, H, W): the gradients along
     a path of images per unit (integrated gradients' interpolation points; S = 1: :func:`input_gradient`).
 
     With ``shared`` (default), units on one image (:meth:`Target.distinct_images`) whose S inputs are equal too share
-    one forward pass of those S inputs and a backward pass batched over the units; the others are rows, one forward
-    and backward pass of S x B images. Both give the same gradients to float rounding.
+    one forward pass of those S inputs and backward passes batched over the units, in chunks of at most
+    ``GRAD_CHUNK_BYTES`` of gradients and of as many units as the device's default memory budget
+    (:func:`cafe_bench.memory.default_budget`, not ``--max-memory``) holds S images of (one unit per pass when it
+    holds fewer, as for integrated gradients on CPU); the others are rows, one forward and backward pass of S x B
+    images. Both give the same gradients to float rounding. ``groups``: :func:`sharing_groups` of the inputs when the
+    caller knows them (default: computed here).
     """
     s, b = inputs_sb3hw.shape[:2]
-    alone, groups = sharing_groups(target, inputs_sb3hw) if shared else (torch.arange(b, device=target.device), [])
+    if not shared:
+        groups = (torch.arange(b, device=target.device), [])
+    alone, groups = groups if groups is not None else sharing_groups(target, inputs_sb3hw)
     out = torch.empty_like(inputs_sb3hw)
     if len(alone):
         out[:, alone] = _row_gradient(target, inputs_sb3hw[:, alone], alone)

@@ -15,7 +15,7 @@ class FeatureSetError(CafeBenchError):
 
 @dataclass(frozen=True)
 class SelectionRules:
-    """How units are chosen (the full rule is in this module's docstring)."""
+    """How units are chosen (the full rule is in :mod:`cafe_bench.featuresets.stream`'s docstring)."""
 
     per_layer: int = 8
     """Features drawn per layer."""
