@@ -291,6 +291,7 @@ def run(
             if not any(todo.values()):
                 continue
             target = suite.target(chunk, baseline=baseline, seed=seed)
+            target.max_memory = budget
             with torch.no_grad():
                 endpoints = (target.forward_distinct(target.baseline), target.clean)
             for m in methods:

@@ -40,6 +40,8 @@ class Target:
             unit's scores do not depend on how units are batched.
         baseline_name: the registered baseline ``baseline`` came from (the curve engine asks it how removed
             patches are filled); None: they show ``baseline``.
+        max_memory: bytes a batched pass over these units may take (the run's ``--max-memory``; methods that batch
+            work across units size their chunks by it); None: the device's default budget.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class Target:
         self.grid = tuple(backbone.grid)
         self.patch_size = int(backbone.patch_size)
         self.seeds = list(seeds)
+        self.max_memory = None
         dev = images.device
         self._layers = torch.tensor([u.layer for u in self.units], device=dev)
         self._layer_set = sorted({u.layer for u in self.units})

@@ -254,6 +254,40 @@ def test_shared_forward_gradient_equals_one_row_per_unit(relations, monkeypatch,
     torch.testing.assert_close(plain, one, atol=1e-5, rtol=1e-4)
 
 
+def test_shared_backward_chunks_follow_the_targets_memory_budget(relations, monkeypatch):
+    t = _shared_image_target(relations)  # 7 units share one image
+    batched = []
+    real = torch.autograd.grad
+
+    def spy(outputs, inputs, grad_outputs=None, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            batched.append(len(grad_outputs))
+        return real(outputs, inputs, grad_outputs, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", spy)
+    default = gradient.input_gradient(t)
+    assert batched == [7]  # the CPU default budget holds far more than 7 images of this model
+    batched.clear()
+    t.max_memory = 3 * bytes_per_image(t.backbone, 5, t.has_patch_tokens)  # 3 images: chunks of at most 3
+    torch.testing.assert_close(gradient.input_gradient(t), default, atol=1e-5, rtol=1e-4)
+    assert batched == [3, 3, 1]
+
+
+def test_a_run_hands_its_memory_budget_to_the_targets(monkeypatch):
+    import cafe_bench
+
+    seen = []
+    real = gradient._shared_gradient
+
+    def spy(target, images, units):
+        seen.append(target.max_memory)
+        return real(target, images, units)
+
+    monkeypatch.setattr(gradient, "_shared_gradient", spy)
+    cafe_bench.run(methods=["gradient"], protocols=["insertion"], layers=[5], max_memory="3MB", progress=False)
+    assert seen and set(seen) == {3 * 10**6}  # relations has images that hold two units of a layer
+
+
 @pytest.mark.parametrize("rules", ["attn", "cp"])
 def test_shared_forward_under_lrp_rules_equals_one_row_per_unit(relations, rules):
     from cafe_bench.attributors.lrp_patches import lrp_rules

@@ -36,8 +36,8 @@ class Attributor(abc.ABC):
     Subclass it, set the class attributes, and implement :meth:`attribute` using only the public
     ``Target`` surface (``images``, ``baseline``, ``grid``, ``patch_size``, ``clean``, ``forward``; also
     ``activations``, ``feature_map``, ``pool``, ``pixel_mean`` and ``seeds``; for sharing work between units on one
-    image ``distinct_images``, ``forward_distinct``, ``shared_activations``, ``has_patch_tokens``, ``patch_tokens`` and
-    ``activations_from_tokens``). Configuration goes into
+    image ``distinct_images``, ``forward_distinct``, ``shared_activations``, ``has_patch_tokens``, ``patch_tokens``,
+    ``activations_from_tokens`` and ``max_memory``). Configuration goes into
     ``__init__`` keyword arguments with defaults (``--method-args`` and ``get_attributor(name, **params)``
     reach them; unknown keys are refused); :meth:`params` records them in every result and they are part of
     a run's identity. A parameter that only batches work and never changes the scores is called

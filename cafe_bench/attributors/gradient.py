@@ -21,7 +21,7 @@ def input_gradient(target, shared: bool = True) -> torch.Tensor:
     Units on different images are independent rows, so the gradient of the sum is each row's own gradient. With
     ``shared`` (default), the units of an image that holds several share one forward pass of it, and their
     gradients come from backward passes batched over them (``torch.autograd.grad(..., is_grads_batched=True)``) in
-    chunks sized by the device's default memory budget, to the patch tokens where the backbone exposes them (see
+    chunks sized by the memory budget, to the patch tokens where the backbone exposes them (see
     :func:`path_gradients`); units alone on their image are rows as before. The
     gradients equal the rows' to float rounding (tests: gradient, grad x input and both LRP rule sets);
     ``benchmarks/test_bench_vitb.py`` measures the gain.
@@ -35,11 +35,11 @@ def path_gradients(target, inputs_sb3hw: torch.Tensor, shared: bool = True, grou
 
     With ``shared`` (default), units on one image (:meth:`Target.distinct_images`) whose S inputs are equal too share
     one forward pass of those S inputs and backward passes batched over the units, in chunks of at most
-    ``GRAD_CHUNK_BYTES`` of gradients and of as many units as the device's default memory budget
-    (:func:`cafe_bench.memory.default_budget`, not ``--max-memory``) holds S images of (one unit per pass when it
-    holds fewer, as for integrated gradients on CPU); the others are rows, one forward and backward pass of S x B
-    images. Both give the same gradients to float rounding. ``groups``: :func:`sharing_groups` of the inputs when the
-    caller knows them (default: computed here).
+    ``GRAD_CHUNK_BYTES`` of gradients and of as many units as the memory budget holds S images of
+    (``target.max_memory``, the run's ``--max-memory``; default :func:`cafe_bench.memory.default_budget` of the
+    device; one unit per pass when it holds fewer, as for integrated gradients on CPU); the others are rows, one
+    forward and backward pass of S x B images. Both give the same gradients to float rounding. ``groups``:
+    :func:`sharing_groups` of the inputs when the caller knows them (default: computed here).
     """
     s, b = inputs_sb3hw.shape[:2]
     if not shared:
@@ -90,13 +90,14 @@ def _row_gradient(target, inputs_sn3hw: torch.Tensor, units: torch.Tensor) -> to
 def _shared_gradient(target, images_s3hw: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     """Gradients of the k ``units`` that all read the S images, (S, k, 3, H, W): one forward pass of the images, a
     backward pass batched over the units (in chunks: at most ``GRAD_CHUNK_BYTES`` of gradients, and the memory
-    budget of the device for the batched pass), then once through the patch embedding."""
+    budget for the batched pass), then once through the patch embedding."""
     tokens = target.has_patch_tokens
     images = images_s3hw.detach()
     s, k = len(images), len(units)
     token_size = target.n_patches * target.backbone.width if tokens else 0
     per_unit = s * max(token_size, images[0].numel()) * images.element_size()  # one unit's gradients
-    fits = images_per_batch(target.backbone, max(u.layer for u in target.units), tokens, default_budget(images.device))
+    budget = getattr(target, "max_memory", None) or default_budget(images.device)
+    fits = images_per_batch(target.backbone, max(u.layer for u in target.units), tokens, budget)
     per_chunk = max(1, min(GRAD_CHUNK_BYTES // per_unit, fits // s))
     per_chunk = -(-k // -(-k // per_chunk))  # chunks of equal size: 8 + 8 rather than 15 + 1
     # a batched backward pass needs the plain attention (the fused CPU kernel has none); one unit at a time does not
