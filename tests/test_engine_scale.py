@@ -236,7 +236,9 @@ def _shared_image_target(relations, n_features=6):
         feats = relations.saes[5].encode(h)[0].argsort(descending=True)[:n_features].tolist()
     other = relations.units([5])[-1]
     units = [Unit(5, f, unit.image_id, unit.token) for f in feats] + [other, Unit(5, feats[0], unit.image_id, 0)]
-    return relations.target(units)
+    t = relations.target(units)
+    t.max_memory = 2**20  # 2 images of this model per pass: the 7 units on one image (7 rows > 2) share its pass
+    return t
 
 
 @pytest.mark.parametrize("chunk", [None, 1])
@@ -246,7 +248,9 @@ def test_shared_forward_gradient_equals_one_row_per_unit(relations, monkeypatch,
     assert len(rows) == 2 and image_row.tolist() == [0] * 6 + [1, 0]
     if chunk is not None:  # one feature per backward pass: the chunked path
         monkeypatch.setattr(gradient, "GRAD_CHUNK_BYTES", 1)
+    calls = _counting_shared_gradient(monkeypatch)
     shared = gradient.input_gradient(t)
+    assert calls == [(1, 7)]
     plain = gradient.input_gradient(t, shared=False)
     assert plain.abs().max() > 0
     torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-4)
@@ -265,12 +269,28 @@ def test_shared_backward_chunks_follow_the_targets_memory_budget(relations, monk
         return real(outputs, inputs, grad_outputs, **kwargs)
 
     monkeypatch.setattr(torch.autograd, "grad", spy)
-    default = gradient.input_gradient(t)
-    assert batched == [7]  # the CPU default budget holds far more than 7 images of this model
-    batched.clear()
-    t.max_memory = 3 * bytes_per_image(t.backbone, 5, t.has_patch_tokens)  # 3 images: chunks of at most 3
-    torch.testing.assert_close(gradient.input_gradient(t), default, atol=1e-5, rtol=1e-4)
+    per_image = bytes_per_image(t.backbone, 5, t.has_patch_tokens)
+    t.max_memory = 3 * per_image  # 3 images per pass: 7 rows share, in chunks of at most 3 features
+    three = gradient.input_gradient(t)
     assert batched == [3, 3, 1]
+    batched.clear()
+    t.max_memory = 6 * per_image  # 6 images: chunks of at most 6, balanced
+    torch.testing.assert_close(gradient.input_gradient(t), three, atol=1e-5, rtol=1e-4)
+    assert batched == [4, 3]
+
+
+def test_a_group_that_fits_one_pass_rides_in_the_row_pass(relations, monkeypatch):
+    t = _shared_image_target(relations)
+    t.max_memory = None  # the CPU default holds 141 images of this model: 7 rows fit one pass
+    calls = _counting_shared_gradient(monkeypatch)
+    rows = gradient.input_gradient(t)
+    assert calls == []
+    t.max_memory = 7 * bytes_per_image(t.backbone, 5, t.has_patch_tokens)  # exactly 7: still rows
+    gradient.input_gradient(t)
+    assert calls == []
+    t.max_memory = 6 * bytes_per_image(t.backbone, 5, t.has_patch_tokens)  # 7 rows outgrow 6: shared
+    torch.testing.assert_close(gradient.input_gradient(t), rows, atol=1e-5, rtol=1e-4)
+    assert calls == [(1, 7)]
 
 
 def test_a_run_hands_its_memory_budget_to_the_targets(monkeypatch):
@@ -284,17 +304,22 @@ def test_a_run_hands_its_memory_budget_to_the_targets(monkeypatch):
         return real(target, images, units)
 
     monkeypatch.setattr(gradient, "_shared_gradient", spy)
-    cafe_bench.run(methods=["gradient"], protocols=["insertion"], layers=[5], max_memory="3MB", progress=False)
-    assert seen and set(seen) == {3 * 10**6}  # relations has images that hold two units of a layer
+    # 1 MiB holds 2 images of relations; integrated gradients' pairs of units on one image (2 units x 2 steps per
+    # pass and more) outgrow it and share
+    run = dict(methods=["integrated_gradients"], protocols=["insertion"], layers=[5], progress=False)
+    cafe_bench.run(**run, max_memory="1MiB")
+    assert seen and set(seen) == {2**20}
 
 
 @pytest.mark.parametrize("rules", ["attn", "cp"])
-def test_shared_forward_under_lrp_rules_equals_one_row_per_unit(relations, rules):
+def test_shared_forward_under_lrp_rules_equals_one_row_per_unit(relations, rules, monkeypatch):
     from cafe_bench.attributors.lrp_patches import lrp_rules
 
     t = _shared_image_target(relations)
+    calls = _counting_shared_gradient(monkeypatch)
     with lrp_rules(rules):
         shared = gradient.input_gradient(t)
+    assert calls == [(1, 7)]
     with lrp_rules(rules):
         plain = gradient.input_gradient(t, shared=False)
     with torch.no_grad():  # the rules act: the plain gradient differs from the relevance gradient

@@ -16,7 +16,7 @@ import torch
 from captum.attr import FeatureAblation, IntegratedGradients, NoiseTunnel, Saliency
 
 from cafe_bench.attributors.base import Attributor, Cost, positive_int
-from cafe_bench.attributors.gradient import path_gradients, sharing_groups
+from cafe_bench.attributors.gradient import path_gradients, sharing_groups, worth_sharing
 from cafe_bench.attributors.registry import register_attributor
 from cafe_bench.target import patches_to_pixels
 
@@ -88,6 +88,7 @@ def integrated_gradients(
     steps_per_pass = max(1, int(batch_size) // len(target))
     if shared:  # equal images and baselines: equal interpolation points
         alone, groups = sharing_groups(target, torch.stack([target.images, target.baseline]))
+        alone, groups = worth_sharing(target, alone, groups, max(1, int(batch_size) // (len(alone) + len(groups))))
         ig.gradient_func = _path_gradient_func(target, (alone, groups))
         distinct = len(alone) + len(groups)  # images per interpolation step that take a forward pass
         per_row = target.images[0].numel() * target.images.element_size()
