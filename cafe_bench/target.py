@@ -40,8 +40,9 @@ class Target:
             unit's scores do not depend on how units are batched.
         baseline_name: the registered baseline ``baseline`` came from (the curve engine asks it how removed
             patches are filled); None: they show ``baseline``.
-        max_memory: bytes a batched pass over these units may take (the run's ``--max-memory``; methods that batch
-            work across units size their chunks by it); None: the device's default budget.
+        max_memory: bytes a batched pass over these units may take (the run's ``--max-memory``; gradient methods
+            size their chunks by it, and decide by it whether units on one image share a pass); None: the device's
+            default budget.
     """
 
     def __init__(

@@ -808,7 +808,30 @@ def sanity() -> str:
     return "\n".join(lines) + "\n"
 
 
+def sharing() -> str:
+    doc = _json(RESULTS / "sharing.json")
+    prov = doc["provenance"]
+    lines = [
+        "| model | method | k features on one image (+ other units) | images per pass | shares | as decided | "
+        "sharing forced | rows |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in doc["cases"]:
+        lines.append(
+            f"| {c['model']} | `{c['method']}` | {c['k']} (+{c['n_units'] - c['k']}) | {c['images_per_pass']} | "
+            f"{'yes' if c['rule_shares'] else 'no'} | {_seconds(c['default_s'])} | {_seconds(c['forced_shared_s'])} "
+            f"| {_seconds(c['rows_s'])} |"
+        )
+    lines.append(
+        f"\n(`python scripts/measure_sharing.py`, `benchmarks/results/sharing.json`, {prov['date'][:10]}, "
+        f"{prov['torch_threads']} torch threads, best of {doc['rounds']} after a warm-up; integrated gradients with "
+        f"{doc['ig_steps']} steps; ViT-B-32 with random weights at block 6.)"
+    )
+    return "\n".join(lines) + "\n"
+
+
 SECTIONS = {
+    "sharing": sharing,
     "tiny_board": tiny_board,
     "tiny_timings": tiny_timings,
     "relations_build": relations_build,

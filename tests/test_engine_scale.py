@@ -371,6 +371,28 @@ def test_shared_integrated_gradients_bound_captums_interpolated_images(relations
     torch.testing.assert_close(capped, captum_methods.integrated_gradients(t, 8, shared=False), atol=1e-5, rtol=1e-4)
 
 
+def test_shared_integrated_gradients_keep_their_passes_within_batch_size(relations, monkeypatch):
+    from cafe_bench.attributors import captum_methods
+
+    units = []
+    for unit in relations.units([5])[:2]:  # two images, 16 features at each one's token
+        t1 = relations.target([unit])
+        with torch.no_grad():
+            h = relations.backbone.residuals(t1.images, [5])[5][:, 1 + unit.token]
+            feats = relations.saes[5].encode(h)[0].argsort(descending=True)[:16].tolist()
+        units += [Unit(5, f, unit.image_id, unit.token) for f in feats]
+    t = relations.target(units)
+    sizes = []
+    real_rows, real_shared = gradient._row_gradient, gradient._shared_gradient
+    monkeypatch.setattr(
+        gradient, "_row_gradient", lambda tg, x, u: sizes.append(x.shape[0] * x.shape[1]) or real_rows(tg, x, u)
+    )
+    monkeypatch.setattr(gradient, "_shared_gradient", lambda tg, x, u: sizes.append(len(x)) or real_shared(tg, x, u))
+    out = captum_methods.integrated_gradients(t, n_steps=40, batch_size=64)
+    assert sizes and max(sizes) <= 64  # no pass larger than batch_size, the last, shorter one included
+    torch.testing.assert_close(out, captum_methods.integrated_gradients(t, 40, shared=False), atol=1e-5, rtol=1e-4)
+
+
 def test_shared_integrated_gradients_only_share_one_baseline(relations, monkeypatch):
     from cafe_bench.attributors.captum_methods import integrated_gradients
 
@@ -397,7 +419,7 @@ def test_shared_integrated_gradients_refuse_an_unknown_row_layout(relations, mon
         integrated_gradients(t, n_steps=4)
 
 
-def test_shared_forward_gradient_without_patch_tokens():
+def test_shared_forward_gradient_without_patch_tokens(monkeypatch):
     backbone = PatchMeanBackbone(patch_size=2, grid=(2, 2), n_blocks=2)
     sae = MatryoshkaBatchTopKSAE(4, 8, 4, [4, 8])
     with torch.no_grad():
@@ -406,10 +428,13 @@ def test_shared_forward_gradient_without_patch_tokens():
     images = torch.rand(1, 3, 4, 4).expand(3, -1, -1, -1).contiguous()
     units = [Unit(1, f, 0, 1) for f in range(3)]
     t = Target(backbone, {1: sae}, units, images, torch.zeros_like(images), [0] * 3)
+    t.max_memory = 1  # one image per pass: the 3 units on one image share it
     assert not t.has_patch_tokens and len(t.distinct_images()[0]) == 1
     plain = gradient.input_gradient(t, shared=False)
     assert plain.abs().amax(dim=(1, 2, 3)).min() > 0  # every unit has a gradient (at its own patch)
+    calls = _counting_shared_gradient(monkeypatch)
     torch.testing.assert_close(gradient.input_gradient(t, shared=True), plain)
+    assert calls == [(1, 3)]
     assert not gradient.input_gradient(t, shared=False).equal(torch.zeros_like(plain))
 
 

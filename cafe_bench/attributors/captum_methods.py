@@ -78,8 +78,9 @@ def integrated_gradients(
     """captum integrated gradients of every unit from its baseline image, pixel level (B, 3, H, W).
 
     With ``shared`` (default), captum's gradient step is :func:`path_gradients`: units on one image with one
-    baseline share the forward pass of each interpolated image and get their gradients from backward passes batched
-    over them; ``batch_size`` then counts those shared images once, and captum's interpolated images (one per unit
+    baseline share the forward pass of each interpolated image where :func:`worth_sharing` says it pays (decided once
+    per call) and get their gradients from backward passes batched over them; ``batch_size`` then counts those
+    shared images once, and captum's interpolated images (one per unit
     and step) are kept under ``PATH_ROWS_BYTES`` a pass. The attributions equal the unshared ones to float rounding.
     With ``return_convergence_delta`` also returns captum's delta per unit: sum of the attributions minus
     (z_k(image) - z_k(baseline)).
@@ -88,12 +89,13 @@ def integrated_gradients(
     steps_per_pass = max(1, int(batch_size) // len(target))
     if shared:  # equal images and baselines: equal interpolation points
         alone, groups = sharing_groups(target, torch.stack([target.images, target.baseline]))
-        alone, groups = worth_sharing(target, alone, groups, max(1, int(batch_size) // (len(alone) + len(groups))))
+        per_row = target.images[0].numel() * target.images.element_size()
+        cap = max(1, PATH_ROWS_BYTES // per_row // len(target))  # captum still builds every unit's interpolated images
+        guess = max(1, min(int(batch_size) // (len(alone) + len(groups)), cap, int(n_steps)))
+        alone, groups = worth_sharing(target, alone, groups, guess)  # final: the passes keep these groups
         ig.gradient_func = _path_gradient_func(target, (alone, groups))
         distinct = len(alone) + len(groups)  # images per interpolation step that take a forward pass
-        per_row = target.images[0].numel() * target.images.element_size()
-        rows = max(1, PATH_ROWS_BYTES // per_row)  # captum still builds every unit's interpolated images
-        steps_per_pass = max(1, min(int(batch_size) // distinct, rows // len(target)))
+        steps_per_pass = max(1, min(int(batch_size) // distinct, cap))
     with torch.enable_grad():
         return ig.attribute(
             target.images,
@@ -133,7 +135,7 @@ class IntegratedGradientsAttributor(Attributor):
         n_steps: points on the path (default 32).
         method: captum's quadrature rule (default ``"gausslegendre"``; ``"riemann_trapezoid"`` etc.).
         batch_size: images per forward/backward pass (default 64; at least one interpolation step of every unit;
-            units that share an image and baseline share its images). Does not change the scores.
+            units that share an image and baseline share its images where that pays). Does not change the scores.
     """
 
     needs_grad = True

@@ -19,7 +19,8 @@ def input_gradient(target, shared: bool = True) -> torch.Tensor:
     """d z_k / d pixels for every unit at once, (B, 3, H, W).
 
     Units on different images are independent rows, so the gradient of the sum is each row's own gradient. With
-    ``shared`` (default), the units of an image that holds several share one forward pass of it, and their
+    ``shared`` (default), the units of an image that holds several share one forward pass of it where that pays
+    (:func:`worth_sharing`), and their
     gradients come from backward passes batched over them (``torch.autograd.grad(..., is_grads_batched=True)``) in
     chunks sized by the memory budget, to the patch tokens where the backbone exposes them (see
     :func:`path_gradients`); units alone on their image are rows as before. The
@@ -39,14 +40,17 @@ def path_gradients(target, inputs_sb3hw: torch.Tensor, shared: bool = True, grou
     ``GRAD_CHUNK_BYTES`` of gradients and of as many units as the memory budget holds S images of
     (``target.max_memory``, the run's ``--max-memory``; default :func:`cafe_bench.memory.default_budget` of the
     device; one unit per pass when it holds fewer, as for integrated gradients on CPU); the others are rows, one
-    forward and backward pass of S x B images. Both give the same gradients to float rounding. ``groups``:
-    :func:`sharing_groups` of the inputs when the caller knows them (default: computed here).
+    forward and backward pass of S x B images. Both give the same gradients to float rounding. ``groups``: (rows,
+    groups) decided by the caller, rows sorted (default: :func:`sharing_groups` of the inputs, then
+    :func:`worth_sharing`).
     """
     s, b = inputs_sb3hw.shape[:2]
     if not shared:
         groups = (torch.arange(b, device=target.device), [])
-    alone, groups = groups if groups is not None else sharing_groups(target, inputs_sb3hw)
-    alone, groups = worth_sharing(target, alone, groups, s)
+    if groups is None:
+        alone, groups = worth_sharing(target, *sharing_groups(target, inputs_sb3hw), s)
+    else:  # the caller's decision, e.g. integrated gradients' for all its passes
+        alone, groups = groups
     out = torch.empty_like(inputs_sb3hw)
     if len(alone):
         out[:, alone] = _row_gradient(target, inputs_sb3hw[:, alone], alone)
@@ -91,24 +95,20 @@ def _row_gradient(target, inputs_sn3hw: torch.Tensor, units: torch.Tensor) -> to
 
 def worth_sharing(target, alone: torch.Tensor, groups: list, s: int) -> tuple[torch.Tensor, list]:
     """(rows, groups) after moving to the rows every group whose k x ``s`` images fit one pass of the target's memory
-    budget: they ride in the row pass at little cost, and sharing them measured slower.
-
-    k units on one image, shared vs rows, 2 CPU cores, default budget (2026-12-02): on ``relations`` (width 64) the
-    gradient was slower shared at every k from 2 to 32 (k=16: 81 vs 49 ms), integrated gradients too (k=32: 3.7 vs
-    2.3 s); on ViT-B-32 at block 6 (15 images per pass) the gradient took 480 vs 423 ms at k=2, even at k=4, 742 vs
-    830 ms at k=8 and 1.25 vs 1.39 s at k=16, and integrated gradients (16 steps) were faster shared from k=2 (5.8 vs
-    6.4 s) to k=8 (10.5 vs 13.7 s).
+    budget: they ride in the row pass at little cost. A proxy, not a cost model: on CPU, forced sharing measured
+    mostly slower on the small default-suite model and faster on ViT-B-32's groups of 8 and more
+    (``scripts/measure_sharing.py``, ``benchmarks/results/sharing.json``); on a GPU's large budget it rarely shares.
     """
     if not groups:
         return alone, groups
-    fits = _images_per_pass(target)
+    fits = images_per_pass(target)
     small = [units for _, units in groups if len(units) * s <= fits]
     if not small:
         return alone, groups
     return torch.cat([alone, *small]).sort().values, [(r, u) for r, u in groups if len(u) * s > fits]
 
 
-def _images_per_pass(target) -> int:
+def images_per_pass(target) -> int:
     """Images one pass may hold under the target's memory budget (``target.max_memory``, default: the device's)."""
     budget = getattr(target, "max_memory", None) or default_budget(target.device)
     layer = max(u.layer for u in target.units)
@@ -124,7 +124,7 @@ def _shared_gradient(target, images_s3hw: torch.Tensor, units: torch.Tensor) -> 
     s, k = len(images), len(units)
     token_size = target.n_patches * target.backbone.width if tokens else 0
     per_unit = s * max(token_size, images[0].numel()) * images.element_size()  # one unit's gradients
-    per_chunk = max(1, min(GRAD_CHUNK_BYTES // per_unit, _images_per_pass(target) // s))
+    per_chunk = max(1, min(GRAD_CHUNK_BYTES // per_unit, images_per_pass(target) // s))
     per_chunk = -(-k // -(-k // per_chunk))  # chunks of equal size: 8 + 8 rather than 15 + 1
     # a batched backward pass needs the plain attention (the fused CPU kernel has none); one unit at a time does not
     kernel = sdpa_kernel(SDPBackend.MATH) if per_chunk > 1 else nullcontext()
