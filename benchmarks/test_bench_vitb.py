@@ -20,8 +20,8 @@ import torch
 
 from cafe_bench.memory import default_budget, images_per_batch
 from cafe_bench.protocols.engine import compose, mix_tokens, run_curves, step_counts, step_masks, token_pair
-from cafe_bench.synthetic import random_vit_target
-from cafe_bench.target import Target, Unit
+from cafe_bench.synthetic import random_vit_target, strongest_features
+from cafe_bench.target import Target
 
 LAYER, STEPS, N_IMAGES = 6, 49, 8  # 7 x 7 = 49 patches: one per step, 50 curve points
 IG_STEPS = 16  # integrated gradients' interpolation points in the 16-features case (the method's default is 32)
@@ -112,12 +112,7 @@ def test_engine_vs_pure_forward(benchmark, case, kind):
 def shared_image_case(case):
     """16 features of the SAE at one image and token of ViT-B-32: the features that fire most there."""
     target, _, _ = case
-    unit = target.units[0]
-    with torch.no_grad():
-        res = target.backbone.residuals(target.images[:1], [LAYER])[LAYER]
-        codes = target.saes[LAYER].encode(res[:, target.backbone.n_prefix_tokens + unit.token])[0]
-    features = codes.argsort(descending=True)[:16].tolist()
-    units = [Unit(LAYER, f, 0, unit.token) for f in features]
+    units = strongest_features(target, 0, 16)
     images = target.images[:1].expand(16, -1, -1, -1).contiguous()
     base = target.baseline[:1].expand(16, -1, -1, -1).contiguous()
     return target, units, images, base

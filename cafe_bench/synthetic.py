@@ -3,7 +3,8 @@
 - :class:`PatchMeanBackbone`: a backbone whose patch residual is the patch's mean colour and a 1, with identity
   blocks, so codes and ties are exact;
 - :func:`random_vit_target`: units on a named ViT with random weights and a random SAE, each image's strongest
-  feature at its strongest token, for timing at a realistic model size.
+  feature at its strongest token, for timing at a realistic model size;
+- :func:`strongest_features`: many features on one image and token, for work shared between units on one image.
 """
 
 from __future__ import annotations
@@ -55,3 +56,15 @@ def random_vit_target(model: str = "open_clip:ViT-B-32", layer: int = 6, n_units
         units.append(Unit(layer, feature, i, token))
     baseline = make_baseline("blur", images)
     return Target(backbone, {layer: sae}, units, images, baseline, list(range(n_units)), baseline_name="blur")
+
+
+def strongest_features(target, row: int, k: int) -> list:
+    """Units of the k SAE features that fire most at unit ``row``'s token of its image (strongest first), at the same
+    layer, image and token."""
+    from cafe_bench.target import Unit
+
+    unit = target.units[row]
+    with torch.no_grad():
+        h = target.backbone.residuals(target.images[row : row + 1], [unit.layer])[unit.layer]
+        codes = target.saes[unit.layer].encode(h[:, target.backbone.n_prefix_tokens + unit.token])[0]
+    return [Unit(unit.layer, f, unit.image_id, unit.token) for f in codes.argsort(descending=True)[:k].tolist()]

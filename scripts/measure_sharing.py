@@ -14,12 +14,11 @@ import time
 from functools import partial
 from pathlib import Path
 
-import torch
-
 from cafe_bench.attributors import captum_methods, gradient
 from cafe_bench.files import write_json_atomic
 from cafe_bench.provenance import collect
-from cafe_bench.target import Target, Unit
+from cafe_bench.synthetic import strongest_features
+from cafe_bench.target import Target
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 IG_STEPS = 16
@@ -49,24 +48,20 @@ def _attribute(method: str, target, shared: bool, force: bool = False):
             gradient.worth_sharing, captum_methods.worth_sharing = keep
 
 
-def _with_k_features(target, layer: int, k: int):
+def _with_k_features(target, k: int):
     """The target's first image with its k strongest features at the first unit's token, then the other units."""
-    unit = target.units[0]
-    prefix = target.backbone.n_prefix_tokens
-    with torch.no_grad():
-        h = target.backbone.residuals(target.images[:1], [layer])[layer][:, prefix + unit.token]
-        feats = target.saes[layer].encode(h)[0].argsort(descending=True)[:k].tolist()
-    others = [i for i, u in enumerate(target.units) if u.image_id != unit.image_id]
-    units = [Unit(layer, f, unit.image_id, unit.token) for f in feats] + [target.units[i] for i in others]
+    first = target.units[0].image_id
+    others = [i for i, u in enumerate(target.units) if u.image_id != first]
+    units = strongest_features(target, 0, k) + [target.units[i] for i in others]
     rows = [0] * k + others
     return Target(target.backbone, target.saes, units, target.images[rows], target.baseline[rows], [0] * len(rows))
 
 
-def measure(name: str, target, layer: int, ks: dict, rounds: int) -> list[dict]:
+def measure(name: str, target, ks: dict, rounds: int) -> list[dict]:
     out = []
     for method, kvalues in ks.items():
         for k in kvalues:
-            t = _with_k_features(target, layer, k)
+            t = _with_k_features(target, k)
             run = partial(_attribute, method, t)
             distinct = len(t) - k + 1
             s = 1 if method == "gradient" else max(1, min(64 // distinct, IG_STEPS))  # steps per pass, batch_size 64
@@ -92,8 +87,8 @@ def main() -> None:
     suite = load_suite(DEFAULT_SUITE)
     small = suite.target(suite.units([5])[:16])
     vitb = random_vit_target("open_clip:ViT-B-32", 6, 4)
-    cases = measure(DEFAULT_SUITE, small, 5, {"gradient": [2, 8, 32], "integrated_gradients": [2, 8, 32]}, args.rounds)
-    cases += measure("ViT-B-32", vitb, 6, {"gradient": [2, 8, 16], "integrated_gradients": [2, 8]}, args.rounds)
+    cases = measure(DEFAULT_SUITE, small, {"gradient": [2, 8, 32], "integrated_gradients": [2, 8, 32]}, args.rounds)
+    cases += measure("ViT-B-32", vitb, {"gradient": [2, 8, 16], "integrated_gradients": [2, 8]}, args.rounds)
     doc = {"ig_steps": IG_STEPS, "rounds": args.rounds, "cases": cases, "provenance": collect("cpu")}
     write_json_atomic(args.out, doc)
     print(f"wrote {args.out}")

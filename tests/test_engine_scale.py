@@ -17,7 +17,7 @@ from cafe_bench.protocols.baselines import make_baseline
 from cafe_bench.protocols.engine import mix_tokens, run_curves, run_curves_naive, token_pair, use_tokens
 from cafe_bench.sae import MatryoshkaBatchTopKSAE
 from cafe_bench.suites import load_suite
-from cafe_bench.synthetic import PatchMeanBackbone
+from cafe_bench.synthetic import PatchMeanBackbone, strongest_features
 from cafe_bench.target import Target, Unit
 
 PROTOCOLS = ["insertion", "deletion", "insertion_lerf", "deletion_lerf"]
@@ -230,12 +230,9 @@ def test_run_records_the_budget_and_refuses_a_bad_one(relations, tmp_path, capsy
 
 def _shared_image_target(relations, n_features=6):
     unit = relations.units([5])[0]
-    t = relations.target([unit])
-    with torch.no_grad():
-        h = relations.backbone.residuals(t.images, [5])[5][:, 1 + unit.token]
-        feats = relations.saes[5].encode(h)[0].argsort(descending=True)[:n_features].tolist()
+    strongest = strongest_features(relations.target([unit]), 0, n_features)
     other = relations.units([5])[-1]
-    units = [Unit(5, f, unit.image_id, unit.token) for f in feats] + [other, Unit(5, feats[0], unit.image_id, 0)]
+    units = [*strongest, other, Unit(5, strongest[0].feature, unit.image_id, 0)]
     t = relations.target(units)
     t.max_memory = 2**20  # 2 images of this model per pass: the 7 units on one image (7 rows > 2) share its pass
     return t
@@ -374,14 +371,8 @@ def test_shared_integrated_gradients_bound_captums_interpolated_images(relations
 def test_shared_integrated_gradients_keep_their_passes_within_batch_size(relations, monkeypatch):
     from cafe_bench.attributors import captum_methods
 
-    units = []
-    for unit in relations.units([5])[:2]:  # two images, 16 features at each one's token
-        t1 = relations.target([unit])
-        with torch.no_grad():
-            h = relations.backbone.residuals(t1.images, [5])[5][:, 1 + unit.token]
-            feats = relations.saes[5].encode(h)[0].argsort(descending=True)[:16].tolist()
-        units += [Unit(5, f, unit.image_id, unit.token) for f in feats]
-    t = relations.target(units)
+    pair = relations.target(relations.units([5])[:2])  # two images, 16 features at each one's token
+    t = relations.target(strongest_features(pair, 0, 16) + strongest_features(pair, 1, 16))
     sizes = []
     real_rows, real_shared = gradient._row_gradient, gradient._shared_gradient
     monkeypatch.setattr(
