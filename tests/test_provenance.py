@@ -3,6 +3,7 @@
 import importlib.util
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,20 @@ def test_changed_code_marks_the_commit_dirty(checkout, change):
     else:
         (repo / "pyproject.toml").write_text("[project]\nname = 'y'\n")
     assert module.package_git_commit().endswith("-dirty")
+
+
+def test_update_leaderboards_refuses_uncommitted_code(checkout):
+    repo, _ = checkout
+    script = Path(__file__).resolve().parents[1] / "scripts" / "update_leaderboards.sh"
+    (repo / "scripts").mkdir()
+    shutil.copy(script, repo / "scripts" / script.name)
+    _git(repo, "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "script")
+    path = repo / "cafe_bench" / "provenance.py"
+    path.write_text(path.read_text() + "\n# changed\n")
+    out = subprocess.run(["bash", str(repo / "scripts" / script.name), "nosuite"], capture_output=True, text=True)
+    assert out.returncode == 2 and "uncommitted changes in cafe_bench/" in out.stderr
+    assert (repo / "leaderboards" / "board.json").exists()  # refused before touching any board
+    _git(repo, "checkout", "--", "cafe_bench")  # committed code: the script goes on (and fails on the bogus suite)
+    out = subprocess.run(["bash", str(repo / "scripts" / script.name), "nosuite"], capture_output=True, text=True)
+    assert "uncommitted" not in out.stderr
